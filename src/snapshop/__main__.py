@@ -1,0 +1,3 @@
+from snapshop.cli import run
+
+run()

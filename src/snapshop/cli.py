@@ -1,0 +1,197 @@
+"""The `snapshop` command line: a thin adapter over `Engine` (DESIGN.md's command contract).
+
+Exit codes: 0 on success, 1 on a user error (one line on stderr, no traceback), 2 on a
+usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+from snapshop.catalog.manifest import read_catalog
+from snapshop.errors import SnapshopError
+from snapshop.search.engine import Engine
+from snapshop.search.results import Query, SearchResult
+from snapshop.settings import Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="snapshop: visual product search. Photo in, products out.")
+
+IndexOption = typer.Option(None, "--index", help="Index folder [default: $SNAPSHOP_INDEX or ./snapshop-index].")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a SnapshopError into one line on stderr and exit code 1."""
+    try:
+        yield
+    except SnapshopError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _settings(**overrides: object) -> Settings:
+    with user_errors():
+        return load_settings(overrides)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def add(
+    catalog: Path = typer.Argument(..., help="A .jsonl or .csv manifest, or a folder of images."),
+    index: Optional[Path] = IndexOption,
+    model: Optional[str] = typer.Option(None, "--model", envvar="SNAPSHOP_MODEL",
+                                        help="Model of a new index: a registered name or an .onnx path."),
+) -> None:
+    """Create the index if absent and upsert every item of CATALOG."""
+    settings = _settings(index=index, model=model)
+    with user_errors():
+        parsed = read_catalog(catalog)
+        engine = Engine.open_or_create(settings.index, settings, model=model)
+        report = engine.add(parsed, progress=sys.stderr.isatty() or len(parsed.rows) > 50)
+        stats = engine.stats()
+    for error in sorted(report.errors, key=lambda e: e.line):
+        who = f" ({error.item_id})" if error.item_id else ""
+        typer.echo(f"skipped line {error.line}{who}: {error.reason}", err=True)
+    typer.echo(
+        f"added {report.items_added} items, updated {report.items_updated}, embedded {report.images} images, "
+        f"skipped {len(report.errors)} rows; the index now holds {stats['items']} items ({stats['images']} images)"
+    )
+
+
+@app.command()
+def remove(item_ids: list[str] = typer.Argument(..., help="Item ids to delete."), index: Optional[Path] = IndexOption) -> None:
+    """Delete items; they never appear in results again."""
+    settings = _settings(index=index)
+    with user_errors():
+        report = Engine.open(settings.index, settings).remove(item_ids)
+    for item_id in report.missing:
+        typer.echo(f"not in the index: {item_id}", err=True)
+    typer.echo(f"removed {len(report.removed)} items")
+
+
+@app.command()
+def search(
+    images: list[Path] = typer.Argument(..., help="Query photos."),
+    index: Optional[Path] = IndexOption,
+    k: Optional[int] = typer.Option(None, "-k", help="Results per query [default: setting k]."),
+    category: Optional[str] = typer.Option(None, "--category", help="Search only this category."),
+    box: Optional[str] = typer.Option(None, "--box", help="Search this box x0,y0,x1,y1 instead of the detected object."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
+) -> None:
+    """Find the catalog products in photos (many photos share one model load and batched inference)."""
+    settings = _settings(index=index, k=k)
+    with user_errors():
+        query_box = _parse_box(box) if box else None
+        engine = Engine.open(settings.index, settings)
+        results = engine.search([Query(str(path), path, query_box) for path in images], k=settings.k, category=category)
+    for result in results:
+        typer.echo(json.dumps(result.to_json(), ensure_ascii=False) if as_json else _human(result))
+    if all(result.error for result in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Counts, partitions, model and fitted maps of an index."""
+    settings = _settings(index=index)
+    with user_errors():
+        info = Engine.open(settings.index, settings).stats()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"index      {info['index']}")
+    typer.echo(f"items      {info['items']} ({info['images']} images, {info['pending_images']} pending)")
+    typer.echo(f"model      {info['model']['name']} {info['model']['version']}, {info['pooling']} pooling")
+    typer.echo(f"vectors    {info['dim']} float dims, {info['bits']}-bit codes, projection fitted on "
+               f"{(info['projection'] or {}).get('source', '-')}")
+    for name, count in info["partitions"].items():
+        typer.echo(f"partition  {name or '(no category)'}: {count} images")
+
+
+@app.command(name="eval")
+def evaluate(
+    dataset: Path = typer.Argument(..., help="Queries .jsonl: image, item_id, optional category and box."),
+    index: Optional[Path] = IndexOption,
+    limit: Optional[int] = typer.Option(None, help="Use only the first N queries."),
+    baseline: bool = typer.Option(True, help="Also run the whole-photo GAP + exact float baseline."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write report.json and report.md to this folder."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Retrieval and category metrics on a labelled query set, side by side with the baseline."""
+    from snapshop.search.evaluate import evaluate as run_evaluation, format_table, write_report
+
+    settings = _settings(index=index)
+    with user_errors():
+        engine = Engine.open(settings.index, settings)
+        outcome = run_evaluation(engine, dataset, limit=limit, baseline=baseline, progress=True)
+        if report:
+            write_report(outcome, report)
+    typer.echo(json.dumps(outcome, indent=2) if as_json else format_table(outcome))
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path("snapshop-demo"), "--dir", help="Where to build the demo catalog and index."),
+    items: int = typer.Option(2000, help="Fashion-MNIST products in the demo catalog."),
+    queries: int = typer.Option(5, help="Example searches to run."),
+) -> None:
+    """Build a Fashion-MNIST demo catalog and index, then run example searches on simulated shopper photos."""
+    from snapshop.datasets import build_fashion_catalog, build_shopper_queries
+
+    settings = _settings(index=folder / "index")
+    with user_errors():
+        typer.echo(f"building the demo catalog ({items} Fashion-MNIST products) in {folder}/catalog")
+        manifest = build_fashion_catalog(folder / "catalog", n_items=items)
+        shots = build_shopper_queries(folder / "catalog", folder / "queries", n_queries=queries)
+        engine = Engine.open_or_create(settings.index, settings)
+        report = engine.add(read_catalog(manifest), progress=True)
+        typer.echo(f"indexed {report.items_added + report.items_updated} items into {settings.index}")
+        rows = [json.loads(line) for line in shots.read_text().splitlines() if line.strip()]
+        results = engine.search([Query(row["image"], shots.parent / row["image"]) for row in rows], k=5)
+    typer.echo("\nexample searches on simulated shopper photos:")
+    for row, result in zip(rows, results):
+        found = [hit.item_id for hit in result.results]
+        mark = "found" if row["item_id"] in found else "missed"
+        typer.echo(f"\n{_human(result)}\n  true item {row['item_id']} ({row['category']}): {mark}")
+    typer.echo(f"\ntry: snapshop search {shots.parent / rows[0]['image']} --index {settings.index}")
+
+
+def _parse_box(text: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise SnapshopError(f"--box takes x0,y0,x1,y1, got {text!r}")
+    return values
+
+
+def _human(result: SearchResult) -> str:
+    if result.error:
+        return f"{result.query}: error: {result.error}"
+    lines = [f"{result.query}"]
+    if result.category:
+        lines.append(f"  category {result.category.name} ({result.category.score:.2f})")
+    if result.boxes:
+        lines.append(f"  object   {result.boxes[0].as_list()}" + (f" (+{len(result.boxes) - 1} more)" if len(result.boxes) > 1 else ""))
+    for rank, hit in enumerate(result.results, start=1):
+        title = hit.fields.get("title", "")
+        lines.append(f"  {rank:2d}. {hit.item_id:<20} {hit.score:.3f}  {hit.category or ''}  {title}")
+    return "\n".join(lines)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

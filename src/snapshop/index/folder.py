@@ -1,0 +1,127 @@
+"""The index folder: its manifest, model file, metadata database and writer lock.
+
+```
+snapshop-index/
+  manifest.json   format version, model name/version/preprocessing, dim, bits, pooling
+  model.onnx      the backbone every vector in this index was computed with
+  meta.sqlite     items, images, vectors, fitted projection / ITQ / classifier
+  write.lock      held by the one process that is writing
+```
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from snapshop.errors import IndexError_
+from snapshop.models.backbone import ModelSpec, Preprocessing, file_digest
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.onnx"
+DATABASE = "meta.sqlite"
+LOCK = "write.lock"
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """What an index was built with; a query must use exactly the same."""
+
+    format: int
+    model_name: str
+    model_version: str
+    preprocessing: Preprocessing
+    dim: int
+    bits: int
+    pooling: str
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["preprocessing"] = asdict(self.preprocessing)
+        return data
+
+
+class IndexFolder:
+    """Paths and files of one index folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def database(self) -> Path:
+        return self.path / DATABASE
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def exists(self) -> bool:
+        return (self.path / MANIFEST).is_file()
+
+    def create(self, spec: ModelSpec, *, dim: int, bits: int, pooling: str) -> IndexManifest:
+        """Write a new index folder holding a copy of the model."""
+        if self.path.exists() and not self.path.is_dir():
+            raise IndexError_(f"{self.path}: exists and is not a folder")
+        self.path.mkdir(parents=True, exist_ok=True)
+        _atomic_copy(spec.onnx_path, self.model_path)
+        manifest = IndexManifest(FORMAT_VERSION, spec.name, spec.version, spec.preprocessing, dim, bits, pooling)
+        _atomic_write(self.path / MANIFEST, json.dumps(manifest.to_json(), indent=2))
+        return manifest
+
+    def read_manifest(self) -> IndexManifest:
+        if not self.exists():
+            raise IndexError_(f"{self.path}: no snapshop index here (run `snapshop add CATALOG --index {self.path}`)")
+        try:
+            data = json.loads((self.path / MANIFEST).read_text())
+            if data.get("format") != FORMAT_VERSION:
+                raise IndexError_(f"{self.path}: index format {data.get('format')} is not supported (expected {FORMAT_VERSION})")
+            data["preprocessing"] = Preprocessing(**data["preprocessing"])
+            return IndexManifest(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IndexError_(f"{self.path}: the index manifest is damaged ({exc})") from None
+
+    def model_spec(self, manifest: IndexManifest) -> ModelSpec:
+        """The index's own model file, checked against the version in the manifest."""
+        if not self.model_path.is_file():
+            raise IndexError_(f"{self.path}: the model file {MODEL_FILE} is missing")
+        if file_digest(self.model_path)[:16] != manifest.model_version:
+            raise IndexError_(f"{self.path}: {MODEL_FILE} is not the model version {manifest.model_version} this index was built with")
+        return ModelSpec(manifest.model_name, self.model_path, manifest.preprocessing)
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the single-writer lock; a second writer is refused with a clear message."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IndexError_(f"{self.path}: another process is writing to this index; try again when it is done") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    scratch = path.with_suffix(path.suffix + ".tmp")
+    with open(scratch, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(scratch, path)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    scratch = target.with_suffix(target.suffix + ".tmp")
+    shutil.copyfile(source, scratch)
+    with open(scratch, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(scratch, target)

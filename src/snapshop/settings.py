@@ -1,0 +1,114 @@
+"""One table of settings. Precedence: defaults < config file < SNAPSHOP_* environment < flags.
+
+The config file is TOML: `$SNAPSHOP_CONFIG`, else `./snapshop.toml` when present.
+Every setting here is documented in docs/settings.md (a test checks it).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from snapshop.errors import SettingsError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A named setting: its type, default value and one line of help."""
+
+    name: str
+    default: Any
+    help: str
+    kind: Callable[[Any], Any]
+
+    @property
+    def env_var(self) -> str:
+        return "SNAPSHOP_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("index", "snapshop-index", "Index folder used when --index is not given.", str),
+    Setting("model", "efficientnet-lite0", "Embedder of a new index: a registered name or an .onnx path.", str),
+    Setting("dim", 256, "Dimensions of the projected float embedding.", int),
+    Setting("bits", 256, "Bits of the binary code (a multiple of 8, at most dim).", int),
+    Setting("pooling", "gem", "Pooling of the backbone feature map: gap, gem or rmac.", str),
+    Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine.", int),
+    Setting("k", 10, "Results returned per query when -k is not given.", int),
+    Setting("batch_size", 32, "Images per CNN batch.", int),
+    Setting("detect_size", 320, "Input side in pixels for the localization pass.", int),
+    Setting("box_threshold", 0.5, "Lowest box score returned by localization (0-1).", float),
+    Setting("category_knn", 10, "Nearest catalog images voting for the query's category.", int),
+    Setting("runner_up_below", 0.6, "Also search the runner-up category when the top score is below this.", float),
+    Setting("min_fit_images", 1000, "Images needed to fit projection and ITQ on the catalog itself.", int),
+    Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (decompression-bomb guard).", int),
+    Setting("max_image_bytes", 50 * 1024 * 1024, "Largest image file accepted, in bytes.", int),
+    Setting("threads", 0, "ONNX Runtime intra-op threads; 0 lets it use every core.", int),
+)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved values of every setting; attribute access by setting name."""
+
+    values: Mapping[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **overrides: Any) -> "Settings":
+        """A copy with some values overridden (flags); None means "not given"."""
+        merged = dict(self.values)
+        merged.update({name: _convert(BY_NAME[name], value) for name, value in overrides.items() if value is not None})
+        return Settings(merged)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Resolve every setting from defaults, config file, environment and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values = {setting.name: setting.default for setting in SETTINGS}
+    values.update(_read_config(config_file or _default_config_path(environ)))
+    for setting in SETTINGS:
+        if setting.env_var in environ:
+            values[setting.name] = _convert(setting, environ[setting.env_var], source=setting.env_var)
+    return Settings(values).replace(**(overrides or {}))
+
+
+def _default_config_path(environ: Mapping[str, str]) -> Path | None:
+    if "SNAPSHOP_CONFIG" in environ:
+        return Path(environ["SNAPSHOP_CONFIG"])
+    local = Path("snapshop.toml")
+    return local if local.is_file() else None
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - set(BY_NAME))
+    if unknown:
+        raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    return {name: _convert(BY_NAME[name], value, source=str(path)) for name, value in data.items()}
+
+
+def _convert(setting: Setting, value: Any, source: str = "flag") -> Any:
+    try:
+        return setting.kind(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{source}: {setting.name} must be {setting.kind.__name__}, got {value!r}") from None
