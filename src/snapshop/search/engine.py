@@ -152,7 +152,7 @@ class Engine:
         for rows in items:
             for row in rows:
                 try:
-                    decoded.append((row, self._load(row.image)))
+                    decoded.append((row, self.load(row.image)))
                 except SnapshopError as exc:
                     failed[row.item_id].append(RowError(row.line, str(exc), row.item_id))
         boxes = self.encoder.locate([image for _, image in decoded])
@@ -296,7 +296,7 @@ class Engine:
             given: dict[int, Box] = {}
             for position, query in enumerate(queries):
                 try:
-                    images[position] = self._load(query.source)
+                    images[position] = self.load(query.source)
                     if query.box is not None:
                         given[position] = _given_box(query.box, images[position])
                 except SnapshopError as exc:
@@ -377,7 +377,12 @@ class Engine:
             hits.append(Hit(item_id, float(score), self.store.image_source(int(image_id)) or "", category or None, fields))
         return hits
 
-    def _load(self, source: str | Path | bytes) -> Image.Image:
+    @property
+    def backbone(self) -> Backbone:
+        return self.encoder.backbone
+
+    def load(self, source: str | Path | bytes) -> Image.Image:
+        """Decode an image with this engine's size limits (the one loader for every path in)."""
         return load_image(source, max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_image_bytes)
 
 

@@ -1,0 +1,13 @@
+# make demo : install everything, build the demo catalog and index, run example searches
+# make test : install everything, run the test suite
+VENV ?= .venv
+
+.PHONY: install demo test
+install:
+	VENV=$(VENV) bash scripts/install.sh
+
+demo: install
+	$(VENV)/bin/snapshop demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q
