@@ -13,7 +13,7 @@ DEBIAN_PACKAGES=(
 )
 
 missing=()
-for package in "${DEBIAN_PACKAGES[@]%%#*}"; do
+for package in "${DEBIAN_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then

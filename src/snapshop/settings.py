@@ -29,6 +29,17 @@ class Setting:
         return "SNAPSHOP_" + self.name.upper()
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("index", "snapshop-index", "Index folder used when --index is not given.", str),
     Setting("model", "efficientnet-lite0", "Embedder of a new index: a registered name or an .onnx path.", str),
@@ -39,6 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("k", 10, "Results returned per query when -k is not given.", int),
     Setting("batch_size", 32, "Images per CNN batch.", int),
     Setting("detect_size", 320, "Input side in pixels for the localization pass.", int),
+    Setting("localize", True, "Crop the main object before embedding (false: embed the whole photo).", _boolean),
     Setting("box_threshold", 0.5, "Lowest box score returned by localization (0-1).", float),
     Setting("category_knn", 10, "Nearest catalog images voting for the query's category.", int),
     Setting("runner_up_below", 0.6, "Also search the runner-up category when the top score is below this.", float),
@@ -111,4 +123,5 @@ def _convert(setting: Setting, value: Any, source: str = "flag") -> Any:
     try:
         return setting.kind(value)
     except (TypeError, ValueError):
-        raise SettingsError(f"{source}: {setting.name} must be {setting.kind.__name__}, got {value!r}") from None
+        kind = setting.kind.__name__.strip("_")
+        raise SettingsError(f"{source}: {setting.name} must be {kind}, got {value!r}") from None

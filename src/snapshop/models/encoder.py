@@ -31,14 +31,21 @@ GENERIC_CROPS_PER_IMAGE = 40
 class ImageEncoder:
     """Localize objects and describe image crops with one backbone."""
 
-    def __init__(self, backbone: Backbone, *, pooling: str, detect_size: int, box_threshold: float) -> None:
+    def __init__(self, backbone: Backbone, *, pooling: str, detect_size: int, box_threshold: float,
+                 localize: bool = True) -> None:
         self.backbone = backbone
         self.pooling = pooling
         self.detect_size = detect_size
         self.box_threshold = box_threshold
+        self.localize = localize
 
     def locate(self, images: Sequence[Image.Image]) -> list[list[Box]]:
-        """Boxes per image, main object first (one backbone pass at `detect_size`)."""
+        """Boxes per image, main object first (one backbone pass at `detect_size`).
+
+        With localization off, the box is the whole image and no pass is run.
+        """
+        if not self.localize:
+            return [[Box(0, 0, image.width, image.height, 1.0)] for image in images]
         maps = self.backbone.feature_maps(images, self.detect_size)
         return [find_boxes(m, image.size, threshold=self.box_threshold) for m, image in zip(maps, images)]
 

@@ -82,7 +82,7 @@ class Engine:
         self.store = MetadataStore(folder.database)
         backbone = Backbone(folder.model_spec(manifest), batch_size=settings.batch_size, threads=settings.threads)
         self.encoder = ImageEncoder(backbone, pooling=manifest.pooling, detect_size=settings.detect_size,
-                                    box_threshold=settings.box_threshold)
+                                    box_threshold=settings.box_threshold, localize=settings.localize)
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
         self.index = BinaryIndex(bits=manifest.bits, dim=manifest.dim)
