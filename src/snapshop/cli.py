@@ -99,6 +99,7 @@ def search(
     for result in results:
         typer.echo(json.dumps(result.to_json(), ensure_ascii=False) if as_json else _human(result))
     if all(result.error for result in results):
+        typer.echo(f"error: no photo could be read ({results[0].error})", err=True)
         raise typer.Exit(1)
 
 

@@ -23,6 +23,27 @@ class Setting:
     default: Any
     help: str
     kind: Callable[[Any], Any]
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    multiple_of: int | None = None
+
+    def check(self, value: Any, source: str) -> Any:
+        """The value converted to the setting's type; out-of-range values are a SettingsError."""
+        try:
+            value = self.kind(value)
+        except (TypeError, ValueError):
+            kind = self.kind.__name__.strip("_")
+            raise SettingsError(f"{source}: {self.name} must be {kind}, got {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise SettingsError(f"{source}: {self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise SettingsError(f"{source}: {self.name} must be at least {self.minimum}, got {value!r}")
+        if self.multiple_of is not None and value % self.multiple_of:
+            raise SettingsError(f"{source}: {self.name} must be a multiple of {self.multiple_of}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise SettingsError(f"{source}: {self.name} must be at most {self.maximum}, got {value!r}")
+        return value
 
     @property
     def env_var(self) -> str:
@@ -43,21 +64,24 @@ def _boolean(value: Any) -> bool:
 SETTINGS: tuple[Setting, ...] = (
     Setting("index", "snapshop-index", "Index folder used when --index is not given.", str),
     Setting("model", "efficientnet-lite0", "Embedder of a new index: a registered name or an .onnx path.", str),
-    Setting("dim", 256, "Dimensions of the projected float embedding.", int),
-    Setting("bits", 256, "Bits of the binary code (a multiple of 8, at most dim).", int),
-    Setting("pooling", "gem", "Pooling of the backbone feature map: gap, gem or rmac.", str),
-    Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine.", int),
-    Setting("k", 10, "Results returned per query when -k is not given.", int),
-    Setting("batch_size", 32, "Images per CNN batch.", int),
-    Setting("detect_size", 320, "Input side in pixels for the localization pass.", int),
+    Setting("dim", 256, "Dimensions of the projected float embedding.", int, minimum=8),
+    Setting("bits", 256, "Bits of the binary code (a multiple of 8, at most dim).", int, minimum=8,
+            multiple_of=8),
+    Setting("pooling", "gem", "Pooling of the backbone feature map: gap, gem or rmac.", str,
+            choices=("gap", "gem", "rmac")),
+    Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine.", int, minimum=1),
+    Setting("k", 10, "Results returned per query when -k is not given.", int, minimum=1),
+    Setting("batch_size", 32, "Images per CNN batch.", int, minimum=1),
+    Setting("detect_size", 320, "Input side in pixels for the localization pass.", int, minimum=32),
     Setting("localize", True, "Crop the main object before embedding (false: embed the whole photo).", _boolean),
-    Setting("box_threshold", 0.5, "Lowest box score returned by localization (0-1).", float),
-    Setting("category_knn", 10, "Nearest catalog images voting for the query's category.", int),
-    Setting("runner_up_below", 0.6, "Also search the runner-up category when the top score is below this.", float),
-    Setting("min_fit_images", 1000, "Images needed to fit projection and ITQ on the catalog itself.", int),
-    Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (decompression-bomb guard).", int),
-    Setting("max_image_bytes", 50 * 1024 * 1024, "Largest image file accepted, in bytes.", int),
-    Setting("threads", 0, "ONNX Runtime intra-op threads; 0 lets it use every core.", int),
+    Setting("box_threshold", 0.5, "Lowest box score returned by localization (0-1).", float, minimum=0, maximum=1),
+    Setting("category_knn", 10, "Nearest catalog images voting for the query's category.", int, minimum=1),
+    Setting("runner_up_below", 0.6, "Also search the runner-up category when the top score is below this.", float,
+            minimum=0, maximum=1),
+    Setting("min_fit_images", 1000, "Images needed to fit projection and ITQ on the catalog itself.", int, minimum=1),
+    Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (decompression-bomb guard).", int, minimum=1),
+    Setting("max_image_bytes", 50 * 1024 * 1024, "Largest image file accepted, in bytes.", int, minimum=1),
+    Setting("threads", 0, "ONNX Runtime intra-op threads; 0 lets it use every core.", int, minimum=0),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -77,7 +101,7 @@ class Settings:
     def replace(self, **overrides: Any) -> "Settings":
         """A copy with some values overridden (flags); None means "not given"."""
         merged = dict(self.values)
-        merged.update({name: _convert(BY_NAME[name], value) for name, value in overrides.items() if value is not None})
+        merged.update({name: BY_NAME[name].check(value, "flag") for name, value in overrides.items() if value is not None})
         return Settings(merged)
 
 
@@ -93,7 +117,7 @@ def load_settings(
     values.update(_read_config(config_file or _default_config_path(environ)))
     for setting in SETTINGS:
         if setting.env_var in environ:
-            values[setting.name] = _convert(setting, environ[setting.env_var], source=setting.env_var)
+            values[setting.name] = setting.check(environ[setting.env_var], setting.env_var)
     return Settings(values).replace(**(overrides or {}))
 
 
@@ -116,12 +140,5 @@ def _read_config(path: Path | None) -> dict[str, Any]:
     unknown = sorted(set(data) - set(BY_NAME))
     if unknown:
         raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    return {name: _convert(BY_NAME[name], value, source=str(path)) for name, value in data.items()}
+    return {name: BY_NAME[name].check(value, str(path)) for name, value in data.items()}
 
-
-def _convert(setting: Setting, value: Any, source: str = "flag") -> Any:
-    try:
-        return setting.kind(value)
-    except (TypeError, ValueError):
-        kind = setting.kind.__name__.strip("_")
-        raise SettingsError(f"{source}: {setting.name} must be {kind}, got {value!r}") from None

@@ -14,6 +14,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from snapshop.errors import IndexError_
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     item_id  TEXT PRIMARY KEY,
@@ -64,11 +66,14 @@ class MetadataStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(f"{path}: the index database is damaged ({exc})") from None
 
     def close(self) -> None:
         self._db.close()

@@ -114,6 +114,9 @@ class Engine:
         if settings.bits > settings.dim or settings.bits % 8:
             raise SnapshopError(f"bits must be a multiple of 8 and at most dim ({settings.dim}), got {settings.bits}")
         spec = resolve_model(model or settings.model)
+        channels = Backbone(spec).channels
+        if channels is not None and channels < settings.dim:
+            raise SnapshopError(f"{spec.name} gives {channels} features per image; dim ({settings.dim}) must be at most that")
         with folder.write_lock():
             manifest = folder.create(spec, dim=settings.dim, bits=settings.bits, pooling=settings.pooling)
         return cls(folder, settings, manifest)
@@ -281,7 +284,7 @@ class Engine:
 
     def search(self, queries: Sequence[Query], *, k: int | None = None, category: str | None = None) -> list[SearchResult]:
         """Search a batch of query photos; a query that fails carries its error, the others run."""
-        k = k or self.settings.k
+        k = self.settings.k if k is None else k
         if k < 1:
             raise SnapshopError(f"k must be at least 1, got {k}")
         if category is not None and category not in self.index.partitions:
@@ -343,7 +346,7 @@ class Engine:
             order = np.argsort(-probs)
             best = str(model.classes[order[0]])
             results[p].category = CategoryScore(best, float(probs[order[0]]))
-            names = [best]
+            names = [best] + ([""] if "" in self.index.partitions else [])  # uncategorised items too
             if probs[order[0]] < self.settings.runner_up_below and len(order) > 1:
                 names.append(str(model.classes[order[1]]))
             chosen.append(names)
