@@ -69,6 +69,8 @@ SETTINGS: tuple[Setting, ...] = (
             multiple_of=8),
     Setting("pooling", "gem", "Pooling of the backbone feature map: gap, gem or rmac.", str,
             choices=("gap", "gem", "rmac")),
+    Setting("whitening", "learned", "Projection fitted on a large catalog: learned (from synthetic views) or pca.", str,
+            choices=("learned", "pca")),
     Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine.", int, minimum=1),
     Setting("k", 10, "Results returned per query when -k is not given.", int, minimum=1),
     Setting("batch_size", 32, "Images per CNN batch.", int, minimum=1),

@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from snapshop.models.augment import generic_photos
 from snapshop.models.backbone import Backbone
-from snapshop.models.localize import Box, find_boxes
+from snapshop.models.localize import Box, ObjectnessModel, find_boxes
 from snapshop.models.pooling import pool
-from snapshop.models.projection import ITQ, PCAWhitening, load_arrays, save_arrays
+from snapshop.models.projection import ITQ, LearnedWhitening, PCAWhitening, load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 
-GENERIC_CROPS_PER_IMAGE = 40
+GENERIC_CROPS_PER_IMAGE = 32
+GENERIC_SET_VERSION = 2  # bump when generic_images/ changes, to invalidate cached descriptors
 
 
 class ImageEncoder:
@@ -38,15 +39,19 @@ class ImageEncoder:
         self.detect_size = detect_size
         self.box_threshold = box_threshold
         self.localize = localize
+        self.objectness: ObjectnessModel | None = None
 
     def locate(self, images: Sequence[Image.Image]) -> list[list[Box]]:
         """Boxes per image, main object first (one backbone pass at `detect_size`).
 
-        With localization off, the box is the whole image and no pass is run.
+        The fitted objectness model finds them when there is one, SCDA otherwise; with
+        localization off, the box is the whole image and no pass is run.
         """
         if not self.localize:
             return [[Box(0, 0, image.width, image.height, 1.0)] for image in images]
         maps = self.backbone.feature_maps(images, self.detect_size)
+        if self.objectness is not None:
+            return [self.objectness.boxes(m, image.size, threshold=self.box_threshold) for m, image in zip(maps, images)]
         return [find_boxes(m, image.size, threshold=self.box_threshold) for m, image in zip(maps, images)]
 
     def describe(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -71,8 +76,10 @@ class Codec:
     source: str
 
     @classmethod
-    def fit(cls, descriptors: np.ndarray, *, dim: int, bits: int, source: str) -> "Codec":
-        projection = PCAWhitening(dim).fit(descriptors)
+    def fit(cls, descriptors: np.ndarray, *, dim: int, bits: int, source: str,
+            pairs: tuple[np.ndarray, np.ndarray] | None = None) -> "Codec":
+        """PCA-whitening, or whitening learned from matching `pairs` when given; then ITQ."""
+        projection = LearnedWhitening(dim).fit(descriptors, pairs) if pairs is not None else PCAWhitening(dim).fit(descriptors)
         if projection.output_dim < bits:
             raise ValueError(f"cannot fit {bits}-bit codes on {projection.output_dim} dimensions")
         rotation = ITQ(bits).fit(projection.transform(descriptors))
@@ -98,17 +105,11 @@ class Codec:
 
 def generic_descriptors(encoder: ImageEncoder, cache_dir: Path, *, seed: int = 0) -> np.ndarray:
     """Descriptors of random crops of the shipped generic photos (cached per model version)."""
-    cache = cache_dir / "generic" / f"{encoder.backbone.spec.version}-{encoder.pooling}.npy"
+    cache = cache_dir / "generic" / f"{encoder.backbone.spec.version}-{encoder.pooling}-{GENERIC_SET_VERSION}.npy"
     if cache.is_file():
         return np.load(cache)
     rng = np.random.default_rng(seed)
-    crops = []
-    for photo in sorted(resources.files("snapshop.models").joinpath("generic_images").iterdir()):
-        if not photo.name.endswith(".jpg"):
-            continue
-        with resources.as_file(photo) as path, Image.open(path) as opened:
-            image = opened.convert("RGB")
-        crops.extend(_random_crop(image, rng) for _ in range(GENERIC_CROPS_PER_IMAGE))
+    crops = [_random_crop(photo, rng) for photo in generic_photos() for _ in range(GENERIC_CROPS_PER_IMAGE)]
     log.info("describing %d crops of the generic image set", len(crops))
     descriptors = encoder.describe(crops)
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ the object's edges light up out of its box.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -40,18 +41,28 @@ class Box:
 def find_boxes(
     feature_map: np.ndarray, image_size: tuple[int, int], *, threshold: float = 0.5, max_boxes: int = 5
 ) -> list[Box]:
-    """Boxes of the objects in one image (main object first) from its C x h x w feature map.
+    """SCDA boxes of the objects in one image (main object first) from its C x h x w feature map.
 
     Always returns at least one box: the whole image when nothing stands out.
     """
-    width, height = image_size
-    activation = ndimage.zoom(feature_map.sum(axis=0).astype(np.float64), UPSAMPLE, order=1,
-                              grid_mode=True, mode="nearest")
+    activation = _upsample(feature_map.sum(axis=0))
     peak = activation.max()
-    whole = Box(0, 0, width, height, 0.0)
     if peak <= 0 or np.ptp(activation) < 1e-6 * peak:
-        return [whole]
-    regions, count = ndimage.label(activation > activation.mean() + THRESHOLD_STD * activation.std())
+        return [Box(0, 0, *image_size, 0.0)]
+    activation /= peak
+    cutoff = activation.mean() + THRESHOLD_STD * activation.std()
+    return boxes_from_map(activation, image_size, cutoff=cutoff, threshold=threshold, max_boxes=max_boxes)
+
+
+def boxes_from_map(
+    activation: np.ndarray, image_size: tuple[int, int], *, cutoff: float, threshold: float, max_boxes: int = 5
+) -> list[Box]:
+    """Boxes of the connected regions of a 0-1 map above `cutoff`; the one with most mass first.
+
+    A box's score is its region's peak value; boxes other than the main one need `threshold`.
+    """
+    width, height = image_size
+    regions, count = ndimage.label(activation > cutoff)
     index = np.arange(1, count + 1)
     masses = ndimage.sum_labels(activation, regions, index)
     peaks = ndimage.maximum(activation, regions, index)
@@ -61,13 +72,76 @@ def find_boxes(
     for mass, region_peak, (rows, cols) in zip(masses, peaks, slices):
         if (rows.stop - rows.start) * (cols.stop - cols.start) < MIN_AREA_FRACTION * grid_h * grid_w:
             continue
-        box = _to_pixels(rows, cols, grid_h, grid_w, width, height, float(region_peak / peak))
-        boxes.append((float(mass), box))
+        boxes.append((float(mass), _to_pixels(rows, cols, grid_h, grid_w, width, height, float(region_peak))))
     if not boxes:
-        return [whole]
+        return [Box(0, 0, width, height, 0.0)]
     boxes.sort(key=lambda pair: pair[0], reverse=True)
     main, rest = boxes[0][1], [box for _, box in boxes[1:] if box.score >= threshold]
     return [main] + sorted(rest, key=lambda box: box.score, reverse=True)[: max_boxes - 1]
+
+
+class ObjectnessModel:
+    """Product-vs-background at each feature-map cell: Fisher's linear discriminant.
+
+    Fitted on synthetic views (`models.augment`), whose product masks are known; its
+    per-cell probability map replaces SCDA's channel sum once a catalog has taught it.
+    Statistics are accumulated batch by batch (`partial_fit`), then solved (`solve`).
+    """
+
+    def __init__(self, *, shrinkage: float = 0.1) -> None:
+        self.shrinkage = shrinkage
+        self._sums: dict[bool, np.ndarray] = {}
+        self._counts = {True: 0, False: 0}
+        self._scatter: np.ndarray | None = None
+
+    def partial_fit(self, feature_maps: np.ndarray, masks: Sequence[np.ndarray]) -> "ObjectnessModel":
+        """Add cells of N x C x h x w maps: object where the mask covers > 60%, background under 5%."""
+        for feature_map, mask in zip(feature_maps, masks):
+            cover = _cell_cover(mask, feature_map.shape[1:])
+            cells = feature_map.reshape(feature_map.shape[0], -1).T.astype(np.float64)
+            for is_object, chosen in ((True, cover.ravel() > 0.6), (False, cover.ravel() < 0.05)):
+                if chosen.any():
+                    picked = cells[chosen]
+                    self._sums[is_object] = self._sums.get(is_object, 0) + picked.sum(axis=0)
+                    self._counts[is_object] += len(picked)
+                    self._scatter = (0 if self._scatter is None else self._scatter) + picked.T @ picked
+        return self
+
+    def solve(self) -> "ObjectnessModel":
+        if min(self._counts.values()) == 0:
+            raise ValueError("objectness needs both object and background cells")
+        means = {label: self._sums[label] / self._counts[label] for label in (True, False)}
+        total = self._counts[True] + self._counts[False]
+        covariance = self._scatter / total - sum(
+            self._counts[label] / total * np.outer(means[label], means[label]) for label in (True, False))
+        covariance += self.shrinkage * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+        weights = np.linalg.solve(covariance, means[True] - means[False])
+        self.coef_ = weights.astype(np.float32)
+        self.intercept_ = float(-weights @ (means[True] + means[False]) / 2)
+        return self
+
+    def probability(self, feature_map: np.ndarray) -> np.ndarray:
+        """P(product) per cell of one C x h x w map."""
+        logits = np.tensordot(self.coef_, feature_map, axes=(0, 0)) + self.intercept_
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+
+    def boxes(self, feature_map: np.ndarray, image_size: tuple[int, int], *, threshold: float = 0.5,
+              max_boxes: int = 5) -> list[Box]:
+        """Boxes of the products in one image, main product first."""
+        probability = np.clip(_upsample(self.probability(feature_map)), 0.0, 1.0)
+        cutoff = 0.5 if probability.max() > 0.5 else probability.mean() + THRESHOLD_STD * probability.std()
+        return boxes_from_map(probability, image_size, cutoff=cutoff, threshold=threshold, max_boxes=max_boxes)
+
+
+def _upsample(grid: np.ndarray) -> np.ndarray:
+    return ndimage.zoom(grid.astype(np.float64), UPSAMPLE, order=1, grid_mode=True, mode="nearest")
+
+
+def _cell_cover(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Fraction of each feature-map cell that the pixel mask covers."""
+    rows = np.array_split(np.arange(mask.shape[0]), grid[0])
+    cols = np.array_split(np.arange(mask.shape[1]), grid[1])
+    return np.array([[mask[r[0] : r[-1] + 1, c[0] : c[-1] + 1].mean() for c in cols] for r in rows])
 
 
 def _to_pixels(rows: slice, cols: slice, grid_h: int, grid_w: int, width: int, height: int, score: float) -> Box:

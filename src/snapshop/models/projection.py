@@ -44,6 +44,37 @@ class PCAWhitening:
         return self.components_.shape[1]
 
 
+class LearnedWhitening(PCAWhitening):
+    """Whitening learned from matching pairs (Radenovic, Tolias & Chum, 2018).
+
+    After a PCA to `pre_dim`, the covariance of the differences between matching
+    descriptors (a catalog image and a view of it) is whitened away, so directions in
+    which views of one product vary count for little; then PCA keeps the `dim` directions
+    along which different products vary most.
+    """
+
+    def __init__(self, dim: int = 256, *, pre_dim: int = 512, shrinkage: float = 0.1) -> None:
+        super().__init__(dim, shrinkage=shrinkage)
+        self.pre_dim = pre_dim
+
+    def fit(self, descriptors: np.ndarray, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> "LearnedWhitening":
+        if pairs is None:
+            raise ValueError("LearnedWhitening.fit needs matching pairs")
+        data = np.asarray(descriptors, np.float64)
+        self.mean_ = data.mean(axis=0)
+        _, _, axes = np.linalg.svd(data - self.mean_, full_matrices=False)
+        reduce = axes[: min(self.pre_dim, len(axes))].T
+        differences = (np.asarray(pairs[0], np.float64) - np.asarray(pairs[1], np.float64)) @ reduce
+        within = differences.T @ differences / len(differences)
+        within += self.shrinkage * np.trace(within) / len(within) * np.eye(len(within))
+        values, vectors = np.linalg.eigh(within)
+        whiten = vectors / np.sqrt(values)
+        spread = (data - self.mean_) @ reduce @ whiten
+        _, _, between = np.linalg.svd(spread, full_matrices=False)
+        self.components_ = (reduce @ whiten @ between[: min(self.dim, len(between))].T).astype(np.float32)
+        return self
+
+
 class ITQ:
     """Iterative quantization: an orthogonal rotation R minimising ||B - V R||, B = sign(V R)."""
 

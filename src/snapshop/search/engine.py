@@ -29,7 +29,8 @@ from snapshop.index.store import MetadataStore, NewImage
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
 from snapshop.models.encoder import Codec, ImageEncoder, crop, generic_descriptors
-from snapshop.models.localize import Box
+from snapshop.models.fitting import CatalogViews, describe_views
+from snapshop.models.localize import Box, ObjectnessModel
 from snapshop.models.projection import load_arrays, save_arrays
 from snapshop.search.results import CategoryScore, Hit, Query, SearchResult
 from snapshop.settings import Settings
@@ -40,6 +41,8 @@ INGEST_CHUNK = 128
 HELD_OUT_FRACTION = 0.2
 MAX_HELD_OUT = 2000
 MIN_IMAGES_PER_CATEGORY = 3
+MAX_VIEWS = 3000
+MIN_VIEWS = 20
 
 
 @dataclass
@@ -183,54 +186,92 @@ class Engine:
                     report.items_added += 1
 
     def _finish_pending(self, *, progress: bool) -> None:
-        """Fit the codec / category model when due, then encode every image not yet encoded."""
+        """Encode every image not yet encoded, refitting the fitted models first when due."""
         counts = self.store.counts()
         if counts["pending"] == 0:
             return
-        codec_info = self.store.fitted("codec")
-        refit = codec_info is None or _grown(codec_info[1], counts["images"], self.settings.min_fit_images)
+        codec_info, category_info = self.store.fitted("codec"), self.store.fitted("category")
+        fitted_classes = set(load_arrays(category_info[0])["classes"]) if category_info else set()
+        refit = (
+            codec_info is None or category_info is None
+            or _grown(codec_info[1], counts["images"], self.settings.min_fit_images)
+            or bool(set(self.store.category_counts()) - {""} - fitted_classes)
+        )
         with self.store.transaction():
             if refit:
-                ids, descriptors, categories = self.store.descriptors()
-                self.codec = self._fit_codec(descriptors)
-                self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
+                self._refit(progress=progress)
             else:
-                self.codec = Codec.from_blob(*_blob_and_source(codec_info))
-                ids, descriptors, categories = self.store.descriptors(pending_only=True)
-            features, codes = self.codec.encode(descriptors)
-            self.store.set_vectors(ids, features, codes)
-            category_info = self.store.fitted("category")
-            fitted_classes = set(load_arrays(category_info[0])["classes"]) if category_info else set()
-            new_classes = set(self.store.category_counts()) - {""} - fitted_classes
-            if refit or category_info is None or new_classes or _grown(category_info[1], counts["images"], 0):
-                self._fit_category_model()
+                ids, descriptors, _ = self.store.descriptors(pending_only=True)
+                self.store.set_vectors(ids, *self.codec.encode(descriptors))
 
-    def _fit_codec(self, descriptors: np.ndarray) -> Codec:
+    def _refit(self, *, progress: bool) -> None:
+        """Fit objectness, codec and category model on the whole catalog; re-encode every image."""
+        ids, descriptors, categories = self.store.descriptors()
+        views = self._catalog_views(ids, progress=progress)
+        if views is not None:
+            objectness = views.objectness
+            self.store.save_fitted("objectness", save_arrays(coef=objectness.coef_, intercept=np.array(objectness.intercept_)),
+                                   {"fitted_on": len(views.rows)})
+        self.codec = self._fit_codec(descriptors, views)
+        self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
+        self.store.set_vectors(ids, *self.codec.encode(descriptors))
+        self._fit_category_model(descriptors, np.asarray(categories), views)
+
+    def _catalog_views(self, ids: np.ndarray, *, progress: bool) -> CatalogViews | None:
+        """Synthetic views of a sample of catalog images (whose files can still be read)."""
+        sources = dict((image_id, source) for image_id, _, source in self.store.image_rows())
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(len(ids), min(MAX_VIEWS, len(ids)), replace=False))
+        images, rows = [], []
+        for row in sample:
+            try:
+                images.append(self.load(sources[int(ids[row])]))
+                rows.append(row)
+            except SnapshopError as exc:
+                log.info("no synthetic view of image %d: %s", ids[row], exc)
+        if len(images) < MIN_VIEWS:
+            return None
+        return describe_views(self.encoder, images, np.array(rows), progress=progress)
+
+    def _fit_codec(self, descriptors: np.ndarray, views: CatalogViews | None) -> Codec:
         dim, bits = self.manifest.dim, self.manifest.bits
         if len(descriptors) >= max(self.settings.min_fit_images, 2 * dim):
+            if views is not None and self.settings.whitening == "learned":
+                pairs = (descriptors[views.rows], views.descriptors)
+                return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog, learned whitening", pairs=pairs)
             return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog")
         log.info("catalog of %d images is too small to fit the projection; using the generic image set", len(descriptors))
         generic = generic_descriptors(self.encoder, default_cache_dir())
         return Codec.fit(generic, dim=dim, bits=bits, source="generic")
 
-    def _fit_category_model(self) -> None:
-        """Train the classifier on catalog labels and choose alpha on a held-out split."""
-        _, descriptors, categories = self.store.descriptors()
-        labels = np.asarray(categories)
+    def _fit_category_model(self, descriptors: np.ndarray, labels: np.ndarray, views: CatalogViews | None) -> None:
+        """Train the classifier on catalog labels (images and their views); choose alpha on held-out views."""
         classes, counts = np.unique(labels[labels != ""], return_counts=True)
         alpha, classifier = 0.0, None
         if len(classes) >= 2 and counts.min() >= MIN_IMAGES_PER_CATEGORY:
-            features, _ = self.codec.encode(descriptors)
+            truth = np.full(len(labels), -1)
             labelled = np.flatnonzero(labels != "")
-            truth = np.searchsorted(classes, labels[labelled])
-            held, train = _split(len(labelled), truth)
-            held_clf = CategoryClassifier().fit(descriptors[labelled[train]], truth[train])
-            p_model = _expand(held_clf, held_clf.predict_proba(descriptors[labelled[held]]), len(classes))
-            sims = features[labelled[held]] @ features[labelled[train]].T
+            truth[labelled] = np.searchsorted(classes, labels[labelled])
+            view_rows = views.rows if views is not None else np.zeros(0, int)
+            view_descriptors = views.descriptors if views is not None else descriptors[:0]
+            held_idx, train_idx = _split(len(labelled), truth[labelled])
+            held, train = labelled[held_idx], labelled[train_idx]
+            in_train = np.isin(view_rows, train) & (truth[view_rows] >= 0)
+            in_held = np.isin(view_rows, held) & (truth[view_rows] >= 0)
+            held_clf = CategoryClassifier().fit(np.concatenate([descriptors[train], view_descriptors[in_train]]),
+                                                np.concatenate([truth[train], truth[view_rows[in_train]]]))
+            if in_held.sum() >= MIN_VIEWS:  # query-like held-out set
+                probe, probe_truth = view_descriptors[in_held], truth[view_rows[in_held]]
+            else:
+                probe, probe_truth = descriptors[held], truth[held]
+            p_model = _expand(held_clf, held_clf.predict_proba(probe), len(classes))
+            sims = self.codec.encode(probe)[0] @ self.codec.encode(descriptors[train])[0].T
             nearest = np.argsort(-sims, axis=1)[:, : self.settings.category_knn]
             p_search = knn_vote(truth[train][nearest], np.take_along_axis(sims, nearest, 1), classes)
-            alpha = choose_alpha(p_model, p_search, truth[held])
-            classifier = CategoryClassifier().fit(descriptors[labelled], truth)
+            alpha = choose_alpha(p_model, p_search, probe_truth)
+            usable = truth[view_rows] >= 0
+            classifier = CategoryClassifier().fit(np.concatenate([descriptors[labelled], view_descriptors[usable]]),
+                                                  np.concatenate([truth[labelled], truth[view_rows[usable]]]))
             log.info("category model: %d classes, alpha=%.2f", len(classes), alpha)
         arrays = {"classes": classes.astype(str)}
         if classifier is not None:
@@ -244,6 +285,7 @@ class Engine:
         codec_info = self.store.fitted("codec")
         self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
         self.category_model = _category_model(self.store.fitted("category"))
+        self.encoder.objectness = _objectness_model(self.store.fitted("objectness"))
         vectors = self.store.vectors()
         index = BinaryIndex(bits=self.manifest.bits, dim=self.manifest.dim)
         if len(vectors.image_ids):
@@ -439,6 +481,15 @@ def _category_model(info: tuple[bytes, dict] | None) -> CategoryModel | None:
         classifier.classes_ = arrays["classes"]
         classifier.coef_, classifier.intercept_ = arrays["coef"], arrays["intercept"]
     return CategoryModel(arrays["classes"], classifier, float(info[1].get("alpha", 0.0)))
+
+
+def _objectness_model(info: tuple[bytes, dict] | None) -> ObjectnessModel | None:
+    if info is None:
+        return None
+    arrays = load_arrays(info[0])
+    model = ObjectnessModel()
+    model.coef_, model.intercept_ = arrays["coef"], float(arrays["intercept"])
+    return model
 
 
 def _split(count: int, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
