@@ -74,7 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine.", int, minimum=1),
     Setting("k", 10, "Results returned per query when -k is not given.", int, minimum=1),
     Setting("batch_size", 32, "Images per CNN batch.", int, minimum=1),
-    Setting("detect_size", 320, "Input side in pixels for the localization pass.", int, minimum=32),
+    Setting("detect_size", 448, "Input side in pixels for the localization pass.", int, minimum=32),
     Setting("localize", True, "Crop the main object before embedding (false: embed the whole photo).", _boolean),
     Setting("box_threshold", 0.5, "Lowest box score returned by localization (0-1).", float, minimum=0, maximum=1),
     Setting("category_knn", 10, "Nearest catalog images voting for the query's category.", int, minimum=1),

@@ -15,7 +15,7 @@ ALPHAS = np.round(np.linspace(0.0, 1.0, 11), 2)
 class CategoryClassifier:
     """Multinomial logistic regression on L2-normalised pooled descriptors."""
 
-    def __init__(self, *, C: float = 10.0, max_train: int = 20_000, seed: int = 0) -> None:
+    def __init__(self, *, C: float = 1.0, max_train: int = 20_000, seed: int = 0) -> None:
         self.C = C
         self.max_train = max_train
         self.seed = seed

@@ -1,0 +1,49 @@
+"""Retrieval quality from a real run of the pipeline on a small Fashion-MNIST catalog.
+
+The catalog is 300 Fashion-MNIST test images; the queries are SIMULATED shopper photos
+of 80 of them. Thresholds sit below the numbers of real runs (see the comments) so that a
+regression fails while run-to-run noise does not.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from snapshop.catalog.manifest import read_catalog
+from snapshop.search.engine import Engine
+from snapshop.search.evaluate import evaluate
+
+datasets = pytest.importorskip("snapshop.datasets")
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory, make_settings):
+    try:
+        datasets.load_fashion_mnist("test")
+    except Exception as exc:  # the Debian package is installed by scripts/install.sh
+        pytest.skip(f"Fashion-MNIST is not installed: {exc}")
+    root = tmp_path_factory.mktemp("quality")
+    manifest = datasets.build_fashion_catalog(root / "catalog", n_items=300)
+    queries = datasets.build_shopper_queries(root / "catalog", root / "queries", n_queries=80)
+    settings = make_settings(index=str(root / "index"))
+    engine = Engine.open_or_create(settings.index, settings)
+    engine.add(read_catalog(manifest))
+    return evaluate(engine, queries)
+
+
+def test_pipeline_beats_the_whole_photo_baseline(outcome):
+    pipeline, baseline = outcome["pipeline"], outcome["baseline"]
+    assert pipeline["recall@10"] >= baseline["recall@10"] + 0.1
+    assert pipeline["recall@1"] >= baseline["recall@1"]
+
+
+def test_category_and_box_are_better_than_chance(outcome):
+    pipeline = outcome["pipeline"]
+    assert pipeline["category_accuracy"] >= 0.35  # 10 categories: chance is 0.1
+    assert pipeline["box_iou"] >= 0.3
+
+
+def test_every_query_is_answered_with_timings(outcome):
+    pipeline = outcome["pipeline"]
+    assert pipeline["errors"] == 0
+    assert set(pipeline["ms_per_query"]) == {"decode", "detect", "embed", "category", "search"}
