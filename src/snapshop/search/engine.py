@@ -150,7 +150,8 @@ class Engine:
             with self.store.transaction():
                 removed = self.store.delete_items(dict.fromkeys(item_ids))
         self._reload()
-        return RemoveReport(removed=removed, missing=[i for i in dict.fromkeys(item_ids) if i not in set(removed)])
+        gone = set(removed)
+        return RemoveReport(removed=removed, missing=[i for i in dict.fromkeys(item_ids) if i not in gone])
 
     def _add_items(self, items: list[list[CatalogRow]], report: AddReport) -> None:
         decoded: list[tuple[CatalogRow, Image.Image]] = []

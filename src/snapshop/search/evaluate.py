@@ -52,10 +52,11 @@ def evaluate(engine: Engine, dataset: Path, *, limit: int | None = None, baselin
              progress: bool = False) -> dict[str, Any]:
     """Run the pipeline (and the baseline) on every query; return both sets of metrics."""
     queries = read_queries(dataset, limit)
+    stats = engine.stats()
     outcome: dict[str, Any] = {
         "dataset": str(dataset),
         "queries": len(queries),
-        "index": {key: engine.stats()[key] for key in ("items", "images", "model", "pooling", "dim", "bits")},
+        "index": {key: stats[key] for key in ("items", "images", "model", "pooling", "dim", "bits", "projection")},
         "pipeline": _evaluate_pipeline(engine, queries, progress),
     }
     if baseline:
