@@ -27,6 +27,7 @@ class Setting:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     multiple_of: int | None = None
+    secret: bool = False
 
     def check(self, value: Any, source: str) -> Any:
         """The value converted to the setting's type; out-of-range values are a SettingsError."""
@@ -71,7 +72,19 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("gap", "gem", "rmac")),
     Setting("whitening", "learned", "Projection fitted on a large catalog: learned (from synthetic views) or pca.", str,
             choices=("learned", "pca")),
-    Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine.", int, minimum=1),
+    Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine (per partition and shard).", int,
+            minimum=1),
+    Setting("nprobe", 16, "Inverted lists visited per query in an IVF base segment.", int, minimum=1),
+    Setting("shards", 1, "Shards the index is split into by a hash of item_id (a change re-shards on compaction).",
+            int, minimum=1, maximum=64),
+    Setting("replicas", 1, "Copies of each shard; queries go to them in turn, and to another when one fails.", int,
+            minimum=1, maximum=8),
+    Setting("ivf_min_images", 20_000, "Images from which a base segment is an IVF instead of exact Hamming search.",
+            int, minimum=1),
+    Setting("compact_delta", 10_000, "Delta images in a partition that start a background compaction.", int,
+            minimum=1),
+    Setting("compact_tombstones", 10_000, "Removed images in a partition's base that start a compaction.", int,
+            minimum=1),
     Setting("k", 10, "Results returned per query when -k is not given.", int, minimum=1),
     Setting("batch_size", 32, "Images per CNN batch.", int, minimum=1),
     Setting("detect_size", 448, "Input side in pixels for the localization pass.", int, minimum=32),
@@ -84,6 +97,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (decompression-bomb guard).", int, minimum=1),
     Setting("max_image_bytes", 50 * 1024 * 1024, "Largest image file accepted, in bytes.", int, minimum=1),
     Setting("threads", 0, "ONNX Runtime intra-op threads; 0 lets it use every core.", int, minimum=0),
+    Setting("host", "127.0.0.1", "Address `snapshop serve` listens on (0.0.0.0: every interface).", str),
+    Setting("port", 8000, "TCP port `snapshop serve` listens on.", int, minimum=1, maximum=65535),
+    Setting("admin_token", "", "Bearer token that catalog writes over HTTP need; empty: writes disabled.", str,
+            secret=True),
+    Setting("batch_wait_ms", 5.0, "How long the server waits for more searches to batch with one that arrived alone.",
+            float, minimum=0, maximum=1000),
+    Setting("max_batch", 16, "Most searches the server runs as one batch.", int, minimum=1, maximum=256),
+    Setting("max_upload_bytes", 20 * 1024 * 1024, "Largest HTTP request body accepted (photo and form), in bytes.",
+            int, minimum=1),
+    Setting("click_log", "", "Click log the web page appends to; empty: clicks.jsonl in the index folder.", str),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -99,6 +122,11 @@ class Settings:
             return self.values[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        shown = {name: "***" if name in BY_NAME and BY_NAME[name].secret and value else value
+                 for name, value in self.values.items()}
+        return f"Settings({shown!r})"
 
     def replace(self, **overrides: Any) -> "Settings":
         """A copy with some values overridden (flags); None means "not given"."""

@@ -1,13 +1,21 @@
 """SQLite store inside the index folder: items, their images, vectors and fitted models.
 
-SQLite is the source of truth: every write is one transaction, committed durably
-(WAL, synchronous=FULL) before `add` or `remove` reports success.
+SQLite is the source of truth and the write-ahead log of the index: every write is one
+transaction, committed durably (WAL, synchronous=FULL) before `add` or `remove` reports
+success. Each image that becomes searchable or stops being searchable appends a row to
+`changes` in the same transaction, so any process can bring its in-memory index up to a
+committed state by replaying the changes after the sequence number it has seen. A refit
+of the codec (every code changes) appends one `reset` change instead.
+
+Searches read through one connection per thread, so they see committed states only,
+never the inside of a write that another thread of the same process has open.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -32,6 +40,13 @@ CREATE TABLE IF NOT EXISTS images (
     code       BLOB
 );
 CREATE INDEX IF NOT EXISTS images_by_item ON images(item_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id  INTEGER NOT NULL,
+    item_id   TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    op        TEXT NOT NULL CHECK (op IN ('add', 'remove', 'reset'))
+);
 CREATE TABLE IF NOT EXISTS fitted (
     name      TEXT PRIMARY KEY,
     blob      BLOB NOT NULL,
@@ -52,103 +67,186 @@ class NewImage:
 
 @dataclass(frozen=True)
 class StoredVectors:
-    """Every searchable image: ids, item ids, categories, float features and codes (row-aligned)."""
+    """Searchable images: ids, item ids, partitions (categories), float features and codes (row-aligned)."""
 
     image_ids: np.ndarray
     item_ids: list[str]
-    categories: list[str]
+    partitions: list[str]
     features: np.ndarray
     codes: np.ndarray
 
 
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change log: an image became searchable (add) or stopped being so (remove)."""
+
+    seq: int
+    image_id: int
+    item_id: str
+    partition: str
+    op: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a search result needs to know of an image."""
+
+    item_id: str
+    category: str
+    source: str
+
+
+_LOG_REMOVALS = (
+    "INSERT INTO changes(image_id, item_id, partition, op) "
+    "SELECT m.image_id, m.item_id, COALESCE(i.category, ''), 'remove' FROM images m JOIN items i USING(item_id) "
+    "WHERE m.item_id = ? AND m.code IS NOT NULL"
+)
+_LOG_ADDITION = (
+    "INSERT INTO changes(image_id, item_id, partition, op) "
+    "SELECT m.image_id, m.item_id, COALESCE(i.category, ''), 'add' FROM images m JOIN items i USING(item_id) "
+    "WHERE m.image_id = ?"
+)
+
+
 class MetadataStore:
-    """Items, images and fitted models of one index, in `meta.sqlite`."""
+    """Items, images, the change log and fitted models of one index, in `meta.sqlite`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._local = threading.local()
+        self._db = self._connect()
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise IndexError_(f"{path}: the index database is damaged ({exc})") from None
+        self._writing_thread: int | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(f"{self.path}: the index database is damaged ({exc})") from None
+        return db
+
+    @property
+    def _read(self) -> sqlite3.Connection:
+        """The writer's connection inside its own transaction; otherwise this thread's reader."""
+        if self._writing_thread == threading.get_ident():
+            return self._db
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
 
     def close(self) -> None:
         self._db.close()
+        reader = getattr(self._local, "db", None)
+        if reader is not None:
+            reader.close()
 
-    def transaction(self) -> "sqlite3.Connection":
-        """Use as `with store.transaction() as db:`; commits on success, rolls back on error."""
-        return _Transaction(self._db)
+    def transaction(self) -> "_Transaction":
+        """Use as `with store.transaction():`; commits durably on success, rolls back on error."""
+        return _Transaction(self)
+
+    def snapshot(self) -> "_Snapshot":
+        """Use as `with store.snapshot():`; every read inside sees one committed state."""
+        return _Snapshot(self._read)
 
     # --- writes (call inside a transaction) ---
 
-    def upsert_item(self, item_id: str, category: str | None, fields: dict[str, Any], images: list[NewImage]) -> None:
-        """Replace an item and all its images."""
+    def upsert_item(self, item_id: str, category: str | None, fields: dict[str, Any], images: list[NewImage]) -> list[int]:
+        """Replace an item and all its images; returns the new image ids."""
+        self._db.execute(_LOG_REMOVALS, (item_id,))
         self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
         self._db.execute(
             "INSERT INTO items(item_id, category, fields) VALUES (?, ?, ?)",
             (item_id, category, json.dumps(fields, ensure_ascii=False, default=str)),
         )
-        self._db.executemany(
-            "INSERT INTO images(item_id, source, box, descriptor) VALUES (?, ?, ?, ?)",
-            [(item_id, image.source, json.dumps(image.box), _blob(image.descriptor)) for image in images],
-        )
+        return [
+            self._db.execute(
+                "INSERT INTO images(item_id, source, box, descriptor) VALUES (?, ?, ?, ?)",
+                (item_id, image.source, json.dumps(image.box), _blob(image.descriptor)),
+            ).lastrowid
+            for image in images
+        ]
 
     def delete_items(self, item_ids: Iterable[str]) -> list[str]:
         """Delete items (and their images); returns the ids that existed."""
         deleted = []
         for item_id in item_ids:
+            self._db.execute(_LOG_REMOVALS, (item_id,))
             if self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,)).rowcount:
                 deleted.append(item_id)
         return deleted
 
-    def set_vectors(self, image_ids: np.ndarray, features: np.ndarray, codes: np.ndarray) -> None:
+    def set_vectors(self, image_ids: np.ndarray, features: np.ndarray, codes: np.ndarray, *, reset: bool = False) -> None:
+        """Store float features and codes. New searchable images are logged as adds; a
+        `reset` (every image re-encoded by a new codec) is logged once instead."""
         self._db.executemany(
             "UPDATE images SET feature = ?, code = ? WHERE image_id = ?",
             ((_blob(f), c.tobytes(), int(i)) for i, f, c in zip(image_ids, features, codes)),
         )
+        if reset:
+            self._db.execute("INSERT INTO changes(image_id, item_id, partition, op) VALUES (0, '', '', 'reset')")
+        else:
+            self._db.executemany(_LOG_ADDITION, ((int(i),) for i in image_ids))
 
     def save_fitted(self, name: str, blob: bytes, info: dict[str, Any]) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO fitted(name, blob, info) VALUES (?, ?, ?)", (name, blob, json.dumps(info))
         )
 
+    def prune_changes(self, upto: int) -> None:
+        """Forget changes every segment on disk already holds."""
+        self._db.execute("DELETE FROM changes WHERE seq <= ?", (upto,))
+
     # --- reads ---
 
     def fitted(self, name: str) -> tuple[bytes, dict[str, Any]] | None:
-        row = self._db.execute("SELECT blob, info FROM fitted WHERE name = ?", (name,)).fetchone()
+        row = self._read.execute("SELECT blob, info FROM fitted WHERE name = ?", (name,)).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
     def existing_items(self, item_ids: Iterable[str]) -> set[str]:
-        ids = list(item_ids)
         found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in _chunked(list(item_ids)):
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._db.execute(f"SELECT item_id FROM items WHERE item_id IN ({marks})", chunk))
+            found.update(r[0] for r in self._read.execute(f"SELECT item_id FROM items WHERE item_id IN ({marks})", chunk))
         return found
 
     def item(self, item_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT category, fields FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        row = self._read.execute("SELECT category, fields FROM items WHERE item_id = ?", (item_id,)).fetchone()
         if row is None:
             return None
-        images = [r[0] for r in self._db.execute("SELECT source FROM images WHERE item_id = ? ORDER BY image_id", (item_id,))]
+        images = [r[0] for r in self._read.execute("SELECT source FROM images WHERE item_id = ? ORDER BY image_id", (item_id,))]
         return {"item_id": item_id, "category": row[0], "images": images, **json.loads(row[1])}
 
     def image_source(self, image_id: int) -> str | None:
-        row = self._db.execute("SELECT source FROM images WHERE image_id = ?", (image_id,)).fetchone()
+        row = self._read.execute("SELECT source FROM images WHERE image_id = ?", (image_id,)).fetchone()
         return row[0] if row else None
 
+    def image_info(self, image_ids: Iterable[int]) -> dict[int, ImageInfo]:
+        """Item, category and source of the images that still exist."""
+        found: dict[int, ImageInfo] = {}
+        for chunk in _chunked([int(i) for i in image_ids]):
+            marks = ",".join("?" * len(chunk))
+            rows = self._read.execute(
+                "SELECT m.image_id, m.item_id, COALESCE(i.category, ''), m.source FROM images m JOIN items i USING(item_id) "
+                f"WHERE m.image_id IN ({marks})", chunk)
+            found.update((r[0], ImageInfo(r[1], r[2], r[3])) for r in rows)
+        return found
+
     def counts(self) -> dict[str, int]:
-        items = self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        images = self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        pending = self._db.execute("SELECT COUNT(*) FROM images WHERE code IS NULL").fetchone()[0]
+        db = self._read
+        items = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        images = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        pending = db.execute("SELECT COUNT(*) FROM images WHERE code IS NULL").fetchone()[0]
         return {"items": items, "images": images, "pending": pending}
 
     def category_counts(self) -> dict[str, int]:
-        rows = self._db.execute(
+        rows = self._read.execute(
             "SELECT COALESCE(i.category, ''), COUNT(*) FROM images m JOIN items i USING(item_id) GROUP BY 1 ORDER BY 1"
         )
         return dict(rows.fetchall())
@@ -156,40 +254,79 @@ class MetadataStore:
     def descriptors(self, *, pending_only: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Image ids, pooled descriptors and item categories ('' when none)."""
         where = "WHERE m.code IS NULL" if pending_only else ""
-        rows = self._db.execute(
+        rows = self._read.execute(
             f"SELECT m.image_id, m.descriptor, COALESCE(i.category, '') FROM images m JOIN items i USING(item_id) {where} ORDER BY m.image_id"
         ).fetchall()
         ids = np.array([r[0] for r in rows], np.int64)
         return ids, _stack([r[1] for r in rows], np.float16).astype(np.float32), [r[2] for r in rows]
 
-    def vectors(self) -> StoredVectors:
-        rows = self._db.execute(
-            "SELECT m.image_id, m.item_id, COALESCE(i.category, ''), m.feature, m.code "
-            "FROM images m JOIN items i USING(item_id) WHERE m.code IS NOT NULL ORDER BY m.image_id"
-        ).fetchall()
+    def vectors(self, image_ids: Iterable[int] | None = None) -> StoredVectors:
+        """Searchable images (all, or those of `image_ids` that still exist), by image id."""
+        select = ("SELECT m.image_id, m.item_id, COALESCE(i.category, ''), m.feature, m.code "
+                  "FROM images m JOIN items i USING(item_id) WHERE m.code IS NOT NULL")
+        if image_ids is None:
+            rows = self._read.execute(select + " ORDER BY m.image_id").fetchall()
+        else:
+            rows = []
+            for chunk in _chunked(sorted({int(i) for i in image_ids})):
+                rows += self._read.execute(select + f" AND m.image_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            rows.sort()
         return StoredVectors(
             image_ids=np.array([r[0] for r in rows], np.int64),
             item_ids=[r[1] for r in rows],
-            categories=[r[2] for r in rows],
+            partitions=[r[2] for r in rows],
             features=_stack([r[3] for r in rows], np.float16),
             codes=_stack([r[4] for r in rows], np.uint8),
         )
 
+    def last_seq(self) -> int:
+        return self._read.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+
+    def changes_since(self, seq: int) -> list[Change]:
+        rows = self._read.execute(
+            "SELECT seq, image_id, item_id, partition, op FROM changes WHERE seq > ? ORDER BY seq", (seq,))
+        return [Change(*row) for row in rows]
+
     def image_rows(self) -> Iterator[tuple[int, str, str]]:
         """(image_id, item_id, source) of every image."""
-        yield from self._db.execute("SELECT image_id, item_id, source FROM images ORDER BY image_id")
+        yield from self._read.execute("SELECT image_id, item_id, source FROM images ORDER BY image_id").fetchall()
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    """BEGIN IMMEDIATE on the writer's connection; reads in this thread see the open write."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
 
     def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
+        self._store._db.execute("BEGIN IMMEDIATE")
+        self._store._writing_thread = threading.get_ident()
+        return self._store._db
 
     def __exit__(self, kind, value, traceback) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        self._store._writing_thread = None
+        self._store._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+class _Snapshot:
+    """A read transaction: one committed state for every read inside it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = db.in_transaction
+
+    def __enter__(self) -> None:
+        if not self._outer:
+            self._db.execute("BEGIN")
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if not self._outer:
+            self._db.execute("COMMIT")
+
+
+def _chunked(values: list, size: int = 500) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _blob(vector: np.ndarray) -> bytes:

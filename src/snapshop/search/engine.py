@@ -1,14 +1,21 @@
 """The engine: one object that owns the model, the fitted maps and the index.
 
-The CLI (and later the HTTP API) are thin adapters over `Engine`. It delegates each
-pipeline stage to its component: decoding (`catalog.images`), localization and
-description (`models.encoder`), category prediction (`models.category`), Hamming search
-and re-rank (`index.binary`), metadata (`index.store`).
+The CLI (and the HTTP API) are thin adapters over `Engine`. It delegates each pipeline
+stage to its component: decoding (`catalog.images`), localization and description
+(`models.encoder`), category prediction (`models.category`), the live partitioned,
+sharded binary index with float re-rank (`index.live`), metadata and the change log
+(`index.store`).
+
+Writes are serialized: one thread of one process at a time holds the write lock. Every
+write commits to SQLite before it returns and reaches the in-memory index through the
+change log, which is also how other processes' writes reach this one before each search.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -23,9 +30,9 @@ from tqdm import tqdm
 from snapshop.catalog.images import load_image
 from snapshop.catalog.manifest import Catalog, CatalogRow, RowError
 from snapshop.errors import IndexError_, SnapshopError
-from snapshop.index.binary import BinaryIndex
 from snapshop.index.folder import IndexFolder, IndexManifest
-from snapshop.index.store import MetadataStore, NewImage
+from snapshop.index.live import IndexParams, LiveIndex
+from snapshop.index.store import ImageInfo, MetadataStore, NewImage
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
 from snapshop.models.encoder import Codec, ImageEncoder, crop, generic_descriptors
@@ -88,8 +95,9 @@ class Engine:
                                     box_threshold=settings.box_threshold, localize=settings.localize)
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
-        self.index = BinaryIndex(bits=manifest.bits, dim=manifest.dim)
-        self._item_of_image: dict[int, tuple[str, str]] = {}
+        self.index: LiveIndex | None = None
+        self._write_mutex = threading.Lock()
+        self._compaction: threading.Thread | None = None
         self._reload()
 
     # --- opening -------------------------------------------------------------------------
@@ -125,7 +133,17 @@ class Engine:
         return cls(folder, settings, manifest)
 
     def close(self) -> None:
+        """Wait for a background compaction, then release files and connections."""
+        if self._compaction is not None:
+            self._compaction.join()
+        self.index.close()
         self.store.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The write lock: one thread here, one process on the folder."""
+        with self._write_mutex, self.folder.write_lock():
+            yield
 
     # --- writes --------------------------------------------------------------------------
 
@@ -135,23 +153,46 @@ class Engine:
         rows_by_item: dict[str, list[CatalogRow]] = defaultdict(list)
         for row in catalog.rows:
             rows_by_item[row.item_id].append(row)
-        with self.folder.write_lock():
+        with self._writing():
             with tqdm(total=len(catalog.rows), desc="embedding", unit="img", disable=not progress) as bar:
                 for chunk in _chunks(list(rows_by_item.values()), INGEST_CHUNK):
                     self._add_items(chunk, report)
+                    self._refresh()
                     bar.update(sum(len(rows) for rows in chunk))
-            self._finish_pending(progress=progress)
-        self._reload()
+            self._refit_if_due(progress=progress)
+        self._compact_when_due()
         return report
 
     def remove(self, item_ids: Sequence[str]) -> RemoveReport:
         """Delete items; they never appear in results again."""
-        with self.folder.write_lock():
+        with self._writing():
             with self.store.transaction():
                 removed = self.store.delete_items(dict.fromkeys(item_ids))
-        self._reload()
+            self._refresh()
+        self._compact_when_due()
         gone = set(removed)
         return RemoveReport(removed=removed, missing=[i for i in dict.fromkeys(item_ids) if i not in gone])
+
+    def compact(self, *, everything: bool = True) -> list[dict]:
+        """Fold deltas and tombstones into new base segments (all partitions, or only those due)."""
+        with self._writing():
+            self._refresh()
+            keys = None if everything else self.index.due_for_compaction()
+            return self.index.compact(keys) if keys is None or keys else []
+
+    def _compact_when_due(self) -> None:
+        """Start a background compaction of the partitions that outgrew their delta or tombstones."""
+        if self._compaction is not None and self._compaction.is_alive():
+            return
+        if self.index.due_for_compaction():
+            self._compaction = threading.Thread(target=self._compact_in_background, name="snapshop-compaction")
+            self._compaction.start()
+
+    def _compact_in_background(self) -> None:
+        try:
+            self.compact(everything=False)
+        except IndexError_ as exc:  # another process holds the write lock: it will compact later
+            log.info("compaction skipped: %s", exc)
 
     def _add_items(self, items: list[list[CatalogRow]], report: AddReport) -> None:
         decoded: list[tuple[CatalogRow, Image.Image]] = []
@@ -165,9 +206,13 @@ class Engine:
         boxes = self.encoder.locate([image for _, image in decoded])
         descriptors = self.encoder.describe([crop(image, found[0]) for (_, image), found in zip(decoded, boxes)])
         new_images: dict[str, list[NewImage]] = defaultdict(list)
-        for (row, _), found, descriptor in zip(decoded, boxes, descriptors):
+        positions: dict[str, list[int]] = defaultdict(list)  # rows of `descriptors`, per item
+        for position, ((row, _), found, descriptor) in enumerate(zip(decoded, boxes, descriptors)):
             new_images[row.item_id].append(NewImage(row.item_id, str(row.image), found[0].as_list(), descriptor))
+            positions[row.item_id].append(position)
         existing = self.store.existing_items(rows[0].item_id for rows in items)
+        stored_ids: list[int] = []
+        stored_rows: list[int] = []
         with self.store.transaction():
             for rows in items:
                 item_id = rows[0].item_id
@@ -179,17 +224,21 @@ class Engine:
                     continue
                 first = rows[0]
                 fields = {key: value for row in rows for key, value in row.fields.items()}
-                self.store.upsert_item(item_id, first.category, fields, new_images[item_id])
+                stored_ids += self.store.upsert_item(item_id, first.category, fields, new_images[item_id])
+                stored_rows += positions[item_id]
                 report.images += len(new_images[item_id])
                 if item_id in existing:
                     report.items_updated += 1
                 else:
                     report.items_added += 1
+            if self.codec is not None and stored_ids:  # searchable in the same transaction that stores it
+                self.store.set_vectors(np.array(stored_ids), *self.codec.encode(descriptors[stored_rows]))
 
-    def _finish_pending(self, *, progress: bool) -> None:
-        """Encode every image not yet encoded, refitting the fitted models first when due."""
+    def _refit_if_due(self, *, progress: bool) -> None:
+        """Refit the fitted models when due (every code changes: the index is rebuilt), else
+        encode any image an interrupted `add` left without a code."""
         counts = self.store.counts()
-        if counts["pending"] == 0:
+        if counts["images"] == 0:
             return
         codec_info, category_info = self.store.fitted("codec"), self.store.fitted("category")
         fitted_classes = set(load_arrays(category_info[0])["classes"]) if category_info else set()
@@ -198,12 +247,16 @@ class Engine:
             or _grown(codec_info[1], counts["images"], self.settings.min_fit_images)
             or bool(set(self.store.category_counts()) - {""} - fitted_classes)
         )
-        with self.store.transaction():
-            if refit:
+        if refit:
+            with self.store.transaction():
                 self._refit(progress=progress)
-            else:
+            self._reload()
+            self.index.compact()
+        elif counts["pending"]:
+            with self.store.transaction():
                 ids, descriptors, _ = self.store.descriptors(pending_only=True)
                 self.store.set_vectors(ids, *self.codec.encode(descriptors))
+            self._refresh()
 
     def _refit(self, *, progress: bool) -> None:
         """Fit objectness, codec and category model on the whole catalog; re-encode every image."""
@@ -215,7 +268,7 @@ class Engine:
                                    {"fitted_on": len(views.rows)})
         self.codec = self._fit_codec(descriptors, views)
         self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
-        self.store.set_vectors(ids, *self.codec.encode(descriptors))
+        self.store.set_vectors(ids, *self.codec.encode(descriptors), reset=True)
         self._fit_category_model(descriptors, np.asarray(categories), views)
 
     def _catalog_views(self, ids: np.ndarray, *, progress: bool) -> CatalogViews | None:
@@ -282,17 +335,25 @@ class Engine:
     # --- reading state -------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Rebuild the in-memory index and fitted models from the store."""
-        codec_info = self.store.fitted("codec")
-        self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
-        self.category_model = _category_model(self.store.fitted("category"))
-        self.encoder.objectness = _objectness_model(self.store.fitted("objectness"))
-        vectors = self.store.vectors()
-        index = BinaryIndex(bits=self.manifest.bits, dim=self.manifest.dim)
-        if len(vectors.image_ids):
-            index.add(vectors.image_ids, vectors.categories, vectors.codes, vectors.features)
-        self.index = index
-        self._item_of_image = {int(i): (item, cat) for i, item, cat in zip(vectors.image_ids, vectors.item_ids, vectors.categories)}
+        """Load the fitted models and open the live index from the store and segment files."""
+        with self.store.snapshot():
+            codec_info = self.store.fitted("codec")
+            self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
+            self.category_model = _category_model(self.store.fitted("category"))
+            self.encoder.objectness = _objectness_model(self.store.fitted("objectness"))
+        codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
+        settings = self.settings
+        params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
+                             replicas=settings.replicas, nprobe=settings.nprobe, ivf_min=settings.ivf_min_images,
+                             compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
+        previous, self.index = self.index, LiveIndex(self.folder.path, self.store, params, codec_id)
+        if previous is not None:
+            previous.close()
+
+    def _refresh(self) -> None:
+        """Catch up with committed writes (this process's or another's); reload after a refit."""
+        if self.index.refresh():
+            self._reload()
 
     @property
     def categories(self) -> list[str]:
@@ -307,6 +368,10 @@ class Engine:
             "images": counts["images"],
             "pending_images": counts["pending"],
             "partitions": self.index.partitions,
+            "shards": self.index.params.shards,
+            "replicas": self.index.params.replicas,
+            "segments": self.index.segment_report(),
+            "change_log_seq": self.index.seq,
             "model": {"name": self.manifest.model_name, "version": self.manifest.model_version},
             "dim": self.manifest.dim,
             "bits": self.manifest.bits,
@@ -325,11 +390,14 @@ class Engine:
 
     # --- search --------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[Query], *, k: int | None = None, category: str | None = None) -> list[SearchResult]:
-        """Search a batch of query photos; a query that fails carries its error, the others run."""
+    def search(self, queries: Sequence[Query], *, k: int | None = None, category: str | None = None,
+               explain: bool = False) -> list[SearchResult]:
+        """Search a batch of query photos; a query that fails carries its error, the others run.
+        `explain` adds per-partition candidates and timings to each result."""
         k = self.settings.k if k is None else k
         if k < 1:
             raise SnapshopError(f"k must be at least 1, got {k}")
+        self._refresh()
         if category is not None and category not in self.index.partitions:
             known = ", ".join(self.categories) or "none"
             raise SnapshopError(f"unknown category {category!r}; this index has: {known}")
@@ -362,7 +430,7 @@ class Engine:
         with timer("category"):
             partitions = self._choose_partitions(results, ok, descriptors, features, codes, category)
         with timer("search"):
-            self._search_partitions(results, ok, features, codes, partitions, k)
+            self._search_partitions(results, ok, features, codes, partitions, k, explain)
         for p in ok:
             results[p].timing_ms = timer.per_query(len(ok))
         return results
@@ -380,8 +448,9 @@ class Engine:
         knn = self.index.search(codes, features, self.settings.shortlist)
         top = knn.image_ids[:, : self.settings.category_knn]
         class_of = {name: i for i, name in enumerate(model.classes)}
-        labels = np.array([[class_of.get(self._item_of_image.get(int(i), ("", ""))[1], -1) if i >= 0 else -1
-                            for i in row] for row in top]).reshape(len(ok), -1)
+        labels = np.vectorize(lambda name: class_of.get(name, -1), otypes=[np.int64])(
+            knn.partitions[:, : self.settings.category_knn]) if top.size else np.zeros(top.shape, np.int64)
+        labels = np.where(top >= 0, labels, -1)
         probabilities = model.predict(descriptors, labels, knn.scores[:, : self.settings.category_knn])
         probabilities = probabilities * np.isin(model.classes, self.categories)  # skip emptied categories
         chosen: list[list[str] | None] = []
@@ -396,31 +465,35 @@ class Engine:
         return chosen
 
     def _search_partitions(self, results: list[SearchResult], ok: list[int], features: np.ndarray, codes: np.ndarray,
-                           partitions: list[list[str] | None], k: int) -> None:
+                           partitions: list[list[str] | None], k: int, explain: bool) -> None:
         groups: dict[tuple[str, ...] | None, list[int]] = defaultdict(list)
         for row, names in enumerate(partitions):
             groups[tuple(names) if names is not None else None].append(row)
         shortlist = max(self.settings.shortlist, 2 * k)
         for names, rows in groups.items():
             candidates = self.index.search(codes[rows], features[rows], shortlist, list(names) if names else None)
+            info = self.store.image_info(candidates.image_ids[candidates.image_ids >= 0])
             for row, ids, scores in zip(rows, candidates.image_ids, candidates.scores):
-                results[ok[row]].results = self._hits(ids, scores, k)
+                results[ok[row]].results = self._hits(ids, scores, k, info)
                 results[ok[row]].searched_categories = list(names) if names else self.categories
+                if explain:
+                    results[ok[row]].explain = candidates.explain
 
-    def _hits(self, image_ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
-        """One hit per item, best image first, at most k."""
+    def _hits(self, image_ids: np.ndarray, scores: np.ndarray, k: int, info: dict[int, ImageInfo]) -> list[Hit]:
+        """One hit per item, best image first, at most k; images deleted since the index
+        last caught up are skipped."""
         hits: list[Hit] = []
         seen: set[str] = set()
         for image_id, score in zip(image_ids, scores):
             if image_id < 0 or len(hits) == k:
                 break
-            item_id, category = self._item_of_image[int(image_id)]
-            if item_id in seen:
+            image = info.get(int(image_id))
+            if image is None or image.item_id in seen:
                 continue
-            seen.add(item_id)
-            info = self.store.item(item_id) or {}
-            fields = {key: value for key, value in info.items() if key not in ("item_id", "category", "images")}
-            hits.append(Hit(item_id, float(score), self.store.image_source(int(image_id)) or "", category or None, fields))
+            seen.add(image.item_id)
+            item = self.store.item(image.item_id) or {}
+            fields = {key: value for key, value in item.items() if key not in ("item_id", "category", "images")}
+            hits.append(Hit(image.item_id, float(score), image.source, image.category or None, fields))
         return hits
 
     @property

@@ -58,6 +58,7 @@ class SearchResult:
     results: list[Hit] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
     searched_categories: list[str] = field(default_factory=list)
+    explain: list[dict[str, Any]] | None = None
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -70,4 +71,5 @@ class SearchResult:
             "boxes": [{"box": box.as_list(), "score": box.score} for box in self.boxes],
             "results": [hit.to_json() for hit in self.results],
             "timing_ms": {stage: round(ms, 2) for stage, ms in self.timing_ms.items()},
+            **({"explain": self.explain} if self.explain is not None else {}),
         }

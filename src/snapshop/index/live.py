@@ -1,0 +1,412 @@
+"""The live index: category partitions x shards x replicas, kept current from the change log.
+
+```
+snapshop-index/
+  segments.json          which base segment each (partition, shard) has, and the change-log
+                         position (seq) it holds; replaced atomically after fsync
+  segments/<name>.*.npy  ids, codes, float16 features of a base segment (memory-mapped)
+  segments/<name>.faiss  its IndexBinaryIVF when large (read with IO_FLAG_MMAP)
+```
+
+SQLite (`index.store`) is the source of truth; segment files are a derived, durable
+cache of it. Opening an index loads the base segments and replays the changes after each
+one's seq into in-memory deltas and tombstones; `refresh` replays new changes the same way,
+so writes by this or another process are visible to the next query without a rebuild.
+`compact` folds a partition's delta and tombstones into a new base and swaps it in: a query
+sees the whole old state or the whole new one, because each query reads one immutable view.
+
+Items are placed on shards by a hash of `item_id`. A query fans out to every shard; each
+shard answers from one of its replicas in turn (another one when it fails) with its best
+re-ranked candidates, and the merger keeps the global best.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from snapshop.errors import IndexError_
+from snapshop.index.partition import PartitionHits, PartitionState
+from snapshop.index.segments import BaseSegment, Rows
+from snapshop.index.store import Change, MetadataStore, StoredVectors
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "segments.json"
+SEGMENTS = "segments"
+LOAD_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Per query, image ids best first with their cosine scores and partitions; -1 / -inf pad short lists."""
+
+    image_ids: np.ndarray
+    scores: np.ndarray
+    partitions: np.ndarray
+    explain: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How the index is split and searched."""
+
+    bits: int
+    dim: int
+    shards: int = 1
+    replicas: int = 1
+    nprobe: int = 16
+    ivf_min: int = 20_000
+    compact_delta: int = 10_000
+    compact_tombstones: int = 10_000
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    name: str
+    partition: str
+    shard: int
+    seq: int
+    train_distance: float = 0.0
+
+
+@dataclass
+class Layout:
+    """The contents of segments.json."""
+
+    codec: str
+    shards: int
+    generation: int = 0
+    segments: list[SegmentEntry] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> "Layout | None":
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["codec"], data["shards"], data["generation"], [SegmentEntry(**s) for s in data["segments"]])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s is damaged (%s); rebuilding the index from the database", path, exc)
+            return None
+
+    def write(self, path: Path) -> None:
+        """Atomic replace with fsync of the file and its folder."""
+        scratch = path.with_suffix(".json.tmp")
+        with open(scratch, "w") as handle:
+            json.dump({**asdict(self), "segments": [asdict(s) for s in self.segments]}, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+class ShardReplica:
+    """One copy of one shard: its partitions' states (an immutable mapping, replaced on write)."""
+
+    def __init__(self, shard: int, states: dict[str, PartitionState]) -> None:
+        self.shard = shard
+        self.states = states
+
+    def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int, nprobe: int,
+               partitions: Sequence[str] | None) -> list[PartitionHits]:
+        names = self.states if partitions is None else [p for p in partitions if p in self.states]
+        return [self.states[name].search(codes, features, shortlist, nprobe) for name in names]
+
+
+class LiveIndex:
+    """Searchable state of one index folder, current with the store's change log."""
+
+    def __init__(self, folder: Path, store: MetadataStore, params: IndexParams, codec: str) -> None:
+        self.folder = Path(folder)
+        self.store = store
+        self.params = params
+        self.codec = codec
+        self.seq = 0
+        self.shards: list[list[ShardReplica]] = []
+        self._layout_stamp: tuple[int, int] | None = None
+        self._apply_lock = threading.Lock()
+        self._turn = [itertools.count() for _ in range(params.shards)]
+        self._pool = ThreadPoolExecutor(max_workers=params.shards) if params.shards > 1 else None
+        self._load()
+
+    # --- loading and catching up --------------------------------------------------------------
+
+    @property
+    def layout_path(self) -> Path:
+        return self.folder / LAYOUT
+
+    def _usable_layout(self) -> Layout:
+        layout = Layout.read(self.layout_path)
+        if layout is None or layout.codec != self.codec:
+            return Layout(self.codec, self.params.shards)
+        return layout
+
+    def _load(self) -> None:
+        """Open the base segments of the layout and replay the changes after them."""
+        for attempt in range(LOAD_ATTEMPTS):
+            try:
+                self._load_once()
+                return
+            except FileNotFoundError as exc:  # a compaction swapped segments while we read the layout
+                log.info("segment file vanished while loading (%s); again", exc)
+        raise IndexError_(f"{self.folder}: segment files keep changing while loading; is a compaction stuck?")
+
+    def _load_once(self) -> None:
+        with self._apply_lock, self.store.snapshot():
+            stamp = _stamp(self.layout_path)
+            layout = self._usable_layout()
+            if layout.shards != self.params.shards:
+                layout = Layout(self.codec, self.params.shards)  # re-shard: the next compaction writes it
+            seq = self.store.last_seq()
+            replicas = []
+            for _ in range(self.params.replicas):
+                states: dict[tuple[str, int], PartitionState] = {}
+                for entry in layout.segments:
+                    base = BaseSegment.load(self.folder / SEGMENTS, entry.name, bits=self.params.bits,
+                                            train_distance=entry.train_distance)
+                    empty = self._empty(entry.partition, entry.shard, entry.seq)
+                    states[(entry.partition, entry.shard)] = PartitionState(
+                        entry.partition, entry.shard, base, empty.delta, empty.tombstones, entry.seq)
+                replicas.append(states)
+            covered = {(e.partition, e.shard) for e in layout.segments}
+            uncovered = self._rows_without_segment(covered, seq)
+            for states in replicas:
+                for key, rows in uncovered.items():
+                    states[key] = self._empty(*key, seq).apply(rows, np.zeros(0, np.int64), self.params.bits)
+            lowest = min([e.seq for e in layout.segments], default=seq)
+            self._publish(replicas, seq=lowest)
+            self._replay(self.store.changes_since(lowest), upto=seq)
+            self._layout_stamp = stamp
+
+    def _rows_without_segment(self, covered: set[tuple[str, int]], seq: int) -> dict[tuple[str, int], Rows]:
+        """Rows of the (partition, shard)s that have no base segment yet, read from the store."""
+        partitions = {name for name in self.store.category_counts()}
+        if all((p, s) in covered for p in partitions for s in range(self.params.shards)):
+            return {}
+        vectors = self.store.vectors()
+        keys = [(p, self.shard_of(item)) for p, item in zip(vectors.partitions, vectors.item_ids)]
+        return {key: rows for key, rows in _group(vectors, keys).items() if key not in covered}
+
+    def refresh(self) -> bool:
+        """Apply the changes committed since the last look. True when the codec was refit
+        (a `reset`): the caller must reload its fitted models, and this index is rebuilt."""
+        stamp = _stamp(self.layout_path)
+        with self.store.snapshot():
+            changes = self.store.changes_since(self.seq)
+            if not changes and stamp == self._layout_stamp:
+                return False
+            reset = any(c.op == "reset" for c in changes)
+            gap = bool(changes) and changes[0].seq != self.seq + 1
+            if not (reset or gap or stamp != self._layout_stamp):
+                with self._apply_lock:
+                    self._replay(changes, upto=changes[-1].seq)
+                return False
+        if reset:
+            return True
+        self._load()
+        return False
+
+    def _replay(self, changes: list[Change], *, upto: int) -> None:
+        """Apply changes (seq <= upto) to every replica; each state skips what its base holds."""
+        changes = [c for c in changes if c.seq <= upto and c.op != "reset"]
+        if changes:
+            added = self.store.vectors(c.image_id for c in changes if c.op == "add")
+            rows_by_id = {int(i): row for row, i in enumerate(added.image_ids)}
+            updated = []
+            for replica_states in self._replica_states():
+                updated.append(self._apply(replica_states, changes, added, rows_by_id))
+            self._publish(updated, seq=upto)
+        else:
+            self.seq = max(self.seq, upto)
+
+    def _apply(self, states: dict[tuple[str, int], PartitionState], changes: list[Change],
+               added: StoredVectors, rows_by_id: dict[int, int]) -> dict[tuple[str, int], PartitionState]:
+        per_key: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+        for change in changes:
+            key = (change.partition, self.shard_of(change.item_id))
+            state = states.get(key)
+            if state is not None and change.seq <= state.seq:
+                continue
+            adds, removes = per_key.setdefault(key, ([], []))
+            if change.op == "add" and change.image_id in rows_by_id:
+                adds.append(rows_by_id[change.image_id])
+            elif change.op == "remove":
+                removes.append(change.image_id)
+        new_states = dict(states)
+        for key, (adds, removes) in per_key.items():
+            state = new_states.get(key) or self._empty(*key, 0)
+            rows = Rows(added.image_ids[adds], added.codes[adds], added.features[adds]) if adds else \
+                Rows.empty(self.params.bits, self.params.dim)
+            new_states[key] = state.apply(rows, np.array(removes, np.int64), self.params.bits)
+        return new_states
+
+    def _empty(self, partition: str, shard: int, seq: int) -> PartitionState:
+        return PartitionState.empty(partition, shard, bits=self.params.bits, dim=self.params.dim, seq=seq)
+
+    def _replica_states(self) -> list[dict[tuple[str, int], PartitionState]]:
+        return [
+            {(name, shard.shard): state for shard in (self.shards[s][r] for s in range(len(self.shards)))
+             for name, state in shard.states.items()}
+            for r in range(self.params.replicas)
+        ] if self.shards else [{} for _ in range(self.params.replicas)]
+
+    def _publish(self, replicas: list[dict[tuple[str, int], PartitionState]], *, seq: int) -> None:
+        """Swap in a new view: one list assignment, so a query sees the old or the new one whole."""
+        self.shards = [
+            [ShardReplica(shard, {p: st for (p, s), st in states.items() if s == shard}) for states in replicas]
+            for shard in range(self.params.shards)
+        ]
+        self.seq = seq
+
+    def shard_of(self, item_id: str) -> int:
+        return zlib.crc32(item_id.encode()) % self.params.shards
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return sum(self.partitions.values())
+
+    @property
+    def partitions(self) -> dict[str, int]:
+        """Searchable image count per partition (partitions with none left out)."""
+        counts: dict[str, int] = {}
+        for replicas in self.shards:
+            for name, state in replicas[0].states.items():
+                counts[name] = counts.get(name, 0) + len(state)
+        return {name: count for name, count in sorted(counts.items()) if count}
+
+    def segment_report(self) -> list[dict]:
+        """Per (partition, shard): base kind and size, delta size, tombstones."""
+        return [
+            {"partition": name, "shard": replicas[0].shard, "base": state.base.kind if state.base else None,
+             "base_images": len(state.base) if state.base else 0, "delta_images": len(state.delta),
+             "tombstones": len(state.tombstones)}
+            for replicas in self.shards for name, state in sorted(replicas[0].states.items())
+        ]
+
+    def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int,
+               partitions: Sequence[str] | None = None) -> Candidates:
+        """Every shard's best `shortlist` re-ranked candidates, merged; best first."""
+        codes = np.ascontiguousarray(codes, np.uint8)
+        features = np.ascontiguousarray(features, np.float32)
+        shards = self.shards  # one view for the whole query
+        if self._pool is not None:
+            answers = list(self._pool.map(lambda s: self._ask_shard(s, codes, features, shortlist, partitions), shards))
+        else:
+            answers = [self._ask_shard(s, codes, features, shortlist, partitions) for s in shards]
+        hits = [h for answer in answers for h in answer]
+        if not hits:
+            empty = np.full((len(codes), 0), -1, np.int64)
+            return Candidates(empty, empty.astype(np.float32), empty.astype(object))
+        ids = np.concatenate([h.image_ids for h in hits], axis=1)
+        scores = np.concatenate([h.scores for h in hits], axis=1)
+        names = np.concatenate([np.full(h.image_ids.shape, h.explain["partition"], object) for h in hits], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :shortlist]
+        return Candidates(np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1),
+                          np.take_along_axis(names, order, 1), [h.explain for h in hits])
+
+    def _ask_shard(self, replicas: list[ShardReplica], codes: np.ndarray, features: np.ndarray, shortlist: int,
+                   partitions: Sequence[str] | None) -> list[PartitionHits]:
+        """The shard's answer from its replicas in turn; a failing replica hands over to the next."""
+        first = next(self._turn[replicas[0].shard]) % len(replicas)
+        failures = []
+        for replica in replicas[first:] + replicas[:first]:
+            try:
+                hits = replica.search(codes, features, shortlist, self.params.nprobe, partitions)
+            except Exception as exc:  # noqa: BLE001 - any replica fault is survivable while another answers
+                log.warning("shard %d: a replica failed (%s); asking another", replica.shard, exc)
+                failures.append(exc)
+                continue
+            return [_top(h, shortlist) for h in hits]
+        raise IndexError_(f"shard {replicas[0].shard}: every replica failed ({failures[-1]})")
+
+    # --- compaction -----------------------------------------------------------------------------
+
+    def due_for_compaction(self) -> list[tuple[str, int]]:
+        """(partition, shard)s whose delta or tombstones outgrew their thresholds."""
+        if not self.shards:
+            return []
+        if Layout.read(self.layout_path) is None and len(self) >= self.params.compact_delta:
+            return self._all_keys()
+        return [
+            (name, replicas[0].shard) for replicas in self.shards for name, state in replicas[0].states.items()
+            if len(state.delta) >= self.params.compact_delta or len(state.tombstones) >= self.params.compact_tombstones
+        ]
+
+    def _all_keys(self) -> list[tuple[str, int]]:
+        return [(name, replicas[0].shard) for replicas in self.shards for name in replicas[0].states]
+
+    def compact(self, keys: Sequence[tuple[str, int]] | None = None) -> list[dict]:
+        """Fold delta and tombstones of `keys` (all when None) into new base segments and swap
+        them in. The caller holds the index's write lock, so nothing commits meanwhile."""
+        layout = self._usable_layout()
+        if layout.shards != self.params.shards:  # re-shard: every segment anew
+            layout, keys = Layout(self.codec, self.params.shards), None
+        shards, seq = self.shards, self.seq
+        states = {(name, replicas[0].shard): state for replicas in shards for name, state in replicas[0].states.items()}
+        entries = {(e.partition, e.shard): e for e in layout.segments}
+        report = []
+        for key in (list(states) if keys is None else [k for k in keys if k in states]):
+            rows = states[key].live_rows()
+            entries.pop(key, None)
+            if len(rows):
+                layout.generation += 1
+                name = f"p{hashlib.sha1(key[0].encode()).hexdigest()[:10]}-s{key[1]}-g{layout.generation}"
+                segment = BaseSegment.build(self.folder / SEGMENTS, name, rows, bits=self.params.bits,
+                                            ivf_min=self.params.ivf_min, previous=states[key].base)
+                entries[key] = SegmentEntry(name, key[0], key[1], seq, segment.train_distance)
+            report.append({"partition": key[0], "shard": key[1], "images": len(rows),
+                           "base": entries[key].name if key in entries else None})
+        layout.segments = sorted(entries.values(), key=lambda e: (e.partition, e.shard))
+        layout.write(self.layout_path)
+        self._load()
+        with self.store.transaction():
+            self.store.prune_changes(min((e.seq for e in layout.segments), default=0))
+        self._remove_unused_files(layout)
+        return report
+
+    def _remove_unused_files(self, layout: Layout) -> None:
+        keep = {entry.name for entry in layout.segments}
+        for path in (self.folder / SEGMENTS).glob("*"):
+            if path.name.split(".")[0] not in keep:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _top(hits: PartitionHits, shortlist: int) -> PartitionHits:
+    return PartitionHits(hits.image_ids[:, :shortlist], hits.scores[:, :shortlist], hits.explain)
+
+
+def _group(vectors: StoredVectors, keys: list[tuple[str, int]]) -> dict[tuple[str, int], Rows]:
+    rows_of: dict[tuple[str, int], list[int]] = {}
+    for row, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(row)
+    return {key: Rows(vectors.image_ids[rows], vectors.codes[rows], vectors.features[rows])
+            for key, rows in rows_of.items()}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_mtime_ns, status.st_ino

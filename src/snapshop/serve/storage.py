@@ -1,0 +1,106 @@
+"""Files the server writes: searched photos, uploaded catalog images, and the click log.
+
+Every file name is made here from the content's SHA-256, never from anything the client sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+
+from snapshop.errors import ImageError
+
+# Formats a catalog image may be kept in, with the extension it is saved under.
+CATALOG_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+QUERY_ID_PATTERN = r"^[0-9a-f]{64}$"
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    """A photo kept on disk: its id (content hash), path, and decoded size."""
+
+    id: str
+    path: Path
+    width: int
+    height: int
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write a file whole or not at all (a temporary file in the same folder, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class PhotoFolder:
+    """Content-addressed photos in one folder: `<sha256>.<ext>`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def keep_query(self, data: bytes, image: Image.Image) -> StoredPhoto:
+        """Keep a searched photo as `<sha256>.jpg`: the decoded, upright image re-encoded (no EXIF kept)."""
+        photo_id = hashlib.sha256(data).hexdigest()
+        path = self.folder / f"{photo_id}.jpg"
+        if not path.is_file():
+            _atomic_write(path, lambda out: image.save(out, format="JPEG", quality=92))
+        return StoredPhoto(photo_id, path, image.width, image.height)
+
+    def keep_catalog_image(self, data: bytes, image: Image.Image) -> StoredPhoto:
+        """Keep an uploaded catalog image byte for byte as `<sha256>.<ext>`, the extension from its content."""
+        with Image.open(io.BytesIO(data)) as sniffed:
+            kind = sniffed.format or ""
+        if kind not in CATALOG_FORMATS:
+            raise ImageError(f"upload: {kind or 'this'} format is not accepted for catalog images "
+                             f"(use {', '.join(sorted(set(CATALOG_FORMATS) - {'MPO'}))})")
+        photo_id = hashlib.sha256(data).hexdigest()
+        path = self.folder / f"{photo_id}.{CATALOG_FORMATS[kind]}"
+        if not path.is_file():
+            _atomic_write(path, lambda out: out.write(data))
+        return StoredPhoto(photo_id, path, image.width, image.height)
+
+    def query_path(self, photo_id: str) -> Path | None:
+        """The kept search photo with this id, if there is one (the id is a hex digest, checked by the caller)."""
+        path = self.folder / f"{photo_id}.jpg"
+        return path if path.is_file() else None
+
+
+class ClickLog:
+    """DESIGN.md's click log: JSON Lines, one search impression per line, appended under a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, query_image: Path, box: list[int] | None, shown: list[str], clicked: list[str]) -> dict[str, Any]:
+        """Append one line and return it; `query_image` is written relative to the log's folder when inside it."""
+        try:
+            image = query_image.relative_to(self.path.parent)
+        except ValueError:
+            image = query_image
+        record = {"ts": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "query_image": image.as_posix(),
+                  "box": box, "shown": shown, "clicked": clicked}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as log_file:
+                log_file.write(line)
+                log_file.flush()
+                os.fsync(log_file.fileno())
+        return record
