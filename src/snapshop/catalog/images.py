@@ -7,6 +7,7 @@ depends on how the photo reached snapshop.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from snapshop.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+# Pillow names an in-memory file by its repr ("<_io.BytesIO object at 0x7f...>"): noise in a message.
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 # A truncated file is an error, never a silently half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -95,5 +99,5 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    text = _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
     return text.splitlines()[0][:200]

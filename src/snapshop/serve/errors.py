@@ -36,6 +36,11 @@ class APIError(Exception):
         self.headers = headers
 
 
+def status_code_name(status: int) -> str:
+    """The error code of a plain HTTP status: its phrase in snake case ("Not Found" -> "not_found")."""
+    return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -51,9 +56,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status, code, str(exc))
 
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        phrase = HTTPStatus(exc.status_code).phrase
-        message = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
-        return error_response(exc.status_code, phrase.lower().replace(" ", "_").replace("-", "_"), message,
+        message = exc.detail if isinstance(exc.detail, str) and exc.detail else HTTPStatus(exc.status_code).phrase
+        return error_response(exc.status_code, status_code_name(exc.status_code), message,
                               dict(exc.headers) if exc.headers else None)
 
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

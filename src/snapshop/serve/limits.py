@@ -6,7 +6,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from snapshop.serve.errors import error_response
+from snapshop.serve.errors import error_response, status_code_name
 
 
 class BodyTooLarge(HTTPException):
@@ -29,7 +29,7 @@ class BodyLimit:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(413, "content_too_large", BodyTooLarge(self.max_bytes).detail,
+            response = error_response(413, status_code_name(413), BodyTooLarge(self.max_bytes).detail,
                                       headers={"Connection": "close"})
             await response(scope, receive, send)
             return
