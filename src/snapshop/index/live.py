@@ -291,6 +291,11 @@ class LiveIndex:
                 counts[name] = counts.get(name, 0) + len(state)
         return {name: count for name, count in sorted(counts.items()) if count}
 
+    def image_ids(self) -> np.ndarray:
+        """Every searchable image id, ascending (first replica of each shard)."""
+        parts = [state.live_rows().ids for replicas in self.shards for state in replicas[0].states.values()]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
     def segment_report(self) -> list[dict]:
         """Per (partition, shard): base kind and size, delta size, tombstones."""
         return [
@@ -303,7 +308,11 @@ class LiveIndex:
     def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None = None) -> Candidates:
         """Every shard's best `shortlist` re-ranked candidates, merged; best first."""
-        codes = np.ascontiguousarray(codes, np.uint8)
+        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.params.bits // 8:
+            raise TypeError(f"codes must be uint8 of shape (N, {self.params.bits // 8}), got {codes.dtype} {codes.shape}")
+        if features.shape != (len(codes), self.params.dim):
+            raise ValueError(f"features must be of shape ({len(codes)}, {self.params.dim}), got {features.shape}")
+        codes = np.ascontiguousarray(codes)
         features = np.ascontiguousarray(features, np.float32)
         shards = self.shards  # one view for the whole query
         if self._pool is not None:

@@ -148,8 +148,8 @@ def _ivf_index(rows: Rows, bits: int, previous: BaseSegment | None) -> tuple[fai
     codes = np.ascontiguousarray(rows.codes)
     nlist = int(np.clip(np.sqrt(len(rows)), 16, 4096))
     sample = codes[np.random.default_rng(0).permutation(len(codes))[: nlist * IVF_TRAIN_PER_LIST]]
-    if previous is not None and previous.kind == "ivf" and previous.index.nlist == nlist:
-        index = _empty_ivf(_copy(previous.index.quantizer), bits, nlist)
+    if previous is not None and previous.kind == "ivf" and 2 / 3 <= previous.index.nlist / nlist <= 1.5:
+        index = _empty_ivf(_copy(previous.index.quantizer), bits, previous.index.nlist)
         index.is_trained = True
         if _mean_centroid_distance(index, sample) <= previous.train_distance * DRIFT_RATIO:
             index.add_with_ids(codes, np.ascontiguousarray(rows.ids))

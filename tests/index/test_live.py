@@ -1,0 +1,397 @@
+"""The live index on synthetic vectors: Hamming shortlist + re-rank, partitions, live writes,
+compaction, shards and replicas, memory-mapped loading, other processes' writes."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from snapshop.errors import IndexError_
+from snapshop.index.folder import IndexFolder
+from snapshop.index.live import LAYOUT, IndexParams, LiveIndex
+from snapshop.index.store import MetadataStore, NewImage
+from snapshop.models.encoder import Codec
+from snapshop.models.pooling import l2_normalize
+
+
+class Synthetic:
+    """A store and a live index over random vectors; writes go through the store like the engine's."""
+
+    def __init__(self, folder, *, bits: int = 64, dim: int = 32, **params) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.bits, self.dim = bits, dim
+        self.store = MetadataStore(folder / "meta.sqlite")
+        self.params = IndexParams(bits=bits, dim=dim, **params)
+        self.index = LiveIndex(folder, self.store, self.params, codec="test")
+
+    def write(self, items: list[str], partitions: list[str], codes: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Upsert one image per item, searchable in the same transaction (as `Engine.add` does)."""
+        with self.store.transaction():
+            ids = [self.store.upsert_item(item, part or None, {}, [NewImage(item, f"{item}.jpg", [0, 0, 1, 1], np.zeros(1))])[0]
+                   for item, part in zip(items, partitions)]
+            self.store.set_vectors(np.array(ids), features, codes)
+        self.index.refresh()
+        return np.array(ids, np.int64)
+
+    def remove(self, items: list[str]) -> None:
+        with self.store.transaction():
+            self.store.delete_items(items)
+        self.index.refresh()
+
+    def reopen(self, **params) -> LiveIndex:
+        return LiveIndex(self.folder, self.store, IndexParams(bits=self.bits, dim=self.dim, **params), codec="test")
+
+    def close(self) -> None:
+        self.index.close()
+        self.store.close()
+
+
+def encode(features: np.ndarray, bits: int = 64) -> np.ndarray:
+    """Codes from one fixed set of random hyperplanes (the same for catalog and queries)."""
+    planes = np.random.default_rng(100).standard_normal((features.shape[1], bits))
+    return np.packbits(features @ planes > 0, axis=1)
+
+
+def random_vectors(n: int, bits: int = 64, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    features = l2_normalize(np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32))
+    return encode(features, bits), features
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    made: list[Synthetic] = []
+
+    def make(n: int = 300, partitions=("a", "b", "c"), **params) -> tuple[Synthetic, np.ndarray, list[str], np.ndarray, np.ndarray]:
+        index = Synthetic(tmp_path / f"index{len(made)}", **params)
+        made.append(index)
+        codes, features = random_vectors(n, index.bits, index.dim)
+        labels = [partitions[i % len(partitions)] for i in range(n)]
+        ids = index.write([f"item{i}" for i in range(n)], labels, codes, features) if n else np.zeros(0, np.int64)
+        return index, ids, labels, codes, features
+
+    yield make
+    for index in made:
+        index.close()
+
+
+# --- search basics --------------------------------------------------------------------------------
+
+
+def test_counts_and_partitions(synthetic):
+    s, ids, *_ = synthetic()
+    assert len(s.index) == 300
+    assert s.index.partitions == {"a": 100, "b": 100, "c": 100}
+    assert list(s.index.image_ids()) == list(ids)
+
+
+def test_exact_copy_is_found_first_with_cosine_one(synthetic):
+    s, ids, _, codes, features = synthetic()
+    found = s.index.search(codes[:20], features[:20], shortlist=10)
+    assert found.image_ids.shape == (20, 10)
+    assert list(found.image_ids[:, 0]) == list(ids[:20])
+    assert np.allclose(found.scores[:, 0], 1.0, atol=2e-3)  # float16 storage
+    assert (np.diff(found.scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_search_within_partitions(synthetic):
+    s, ids, labels, codes, features = synthetic()
+    found = s.index.search(codes[:5], features[:5], shortlist=30, partitions=["b"])
+    returned = found.image_ids[found.image_ids >= 0]
+    assert len(returned) and set(returned) <= set(ids[np.array(labels) == "b"])
+    assert set(found.partitions[found.image_ids >= 0]) == {"b"}
+    unknown = s.index.search(codes[:3], features[:3], shortlist=10, partitions=["nope"])
+    assert unknown.image_ids.shape[0] == 3 and (unknown.image_ids == -1).all()
+
+
+def test_short_lists_are_padded(synthetic):
+    s, ids, _, codes, features = synthetic(n=6, partitions=("only",))
+    found = s.index.search(codes[:2], features[:2], shortlist=10)
+    assert (found.image_ids[:, :6] >= 0).all() and (found.image_ids[:, 6:] == -1).all()
+    assert np.isneginf(found.scores[:, 6:]).all()
+
+
+def test_rerank_order_is_exact_cosine_order_on_the_shortlist(synthetic):
+    s, ids, _, codes, features = synthetic(n=400, partitions=("all",))
+    queries = l2_normalize(features[:10] + 0.3 * np.random.default_rng(9).standard_normal(features[:10].shape).astype(np.float32))
+    found = s.index.search(codes[:10], queries, shortlist=400)  # shortlist = everything
+    exact = queries @ features.astype(np.float16).astype(np.float32).T
+    for row in range(10):
+        assert list(found.image_ids[row][:20]) == list(ids[np.argsort(-exact[row], kind="stable")][:20])
+
+
+@pytest.mark.parametrize("bad", [
+    lambda codes: codes.astype(np.int8),
+    lambda codes: codes.astype(np.float32),
+    lambda codes: np.unpackbits(codes, axis=1),  # one byte per bit: wrong width
+    lambda codes: codes[:, :4],
+])
+def test_wrong_codes_are_a_type_error(synthetic, bad):
+    s, _, _, codes, features = synthetic(n=10)
+    with pytest.raises(TypeError, match="uint8"):
+        s.index.search(bad(codes[:2]), features[:2], shortlist=5)
+
+
+def test_features_of_the_wrong_width_are_refused(synthetic):
+    s, _, _, codes, features = synthetic(n=10)
+    with pytest.raises(ValueError, match="features"):
+        s.index.search(codes[:2], features[:2, :8], shortlist=5)
+
+
+# --- live writes ----------------------------------------------------------------------------------
+
+
+def test_adds_are_visible_to_the_next_query(synthetic):
+    s, ids, labels, codes, features = synthetic(n=100)
+    new_codes, new_features = random_vectors(5, seed=7)
+    new_ids = s.write([f"new{i}" for i in range(5)], ["a"] * 5, new_codes, new_features)
+    found = s.index.search(new_codes, new_features, shortlist=5)
+    assert list(found.image_ids[:, 0]) == list(new_ids)
+
+
+def test_removed_images_are_never_returned_from_base_or_delta(synthetic):
+    s, ids, labels, codes, features = synthetic(n=300, compact_delta=10_000)
+    s.index.compact()  # half of what is removed sits in a base segment, half in the delta
+    more_codes, more_features = random_vectors(50, seed=3)
+    more = s.write([f"more{i}" for i in range(50)], ["a"] * 50, more_codes, more_features)
+    s.remove([f"item{i}" for i in range(0, 300, 2)] + [f"more{i}" for i in range(0, 50, 2)])
+    gone = set(ids[::2]) | set(more[::2])
+    found = s.index.search(np.concatenate([codes, more_codes]), np.concatenate([features, more_features]), shortlist=400)
+    assert not set(found.image_ids.ravel()) & gone
+    assert set(found.image_ids[0][found.image_ids[0] >= 0]) == (set(ids) | set(more)) - gone
+    assert len(s.index) == 175 and s.index.segment_report()[0]["tombstones"] == 50
+
+
+def test_an_upsert_replaces_the_image(synthetic):
+    s, ids, labels, codes, features = synthetic(n=50)
+    new_codes, new_features = random_vectors(1, seed=11)
+    new_id = s.write(["item3"], ["c"], new_codes, new_features)[0]
+    found = s.index.search(codes[3:4], features[3:4], shortlist=60)
+    assert ids[3] not in found.image_ids and new_id in found.image_ids
+    assert s.index.partitions == {"a": 16, "b": 17, "c": 17}  # item3 moved from a to c
+
+
+def test_writes_by_another_process_reach_a_reader_that_refreshes(synthetic):
+    s, ids, labels, codes, features = synthetic(n=50)
+    reader = LiveIndex(s.folder, MetadataStore(s.folder / "meta.sqlite"), s.params, codec="test")
+    new_codes, new_features = random_vectors(3, seed=5)
+    new_ids = s.write(["x", "y", "z"], ["a"] * 3, new_codes, new_features)
+    s.remove(["item0"])
+    assert ids[0] in reader.image_ids() and new_ids[0] not in reader.image_ids()  # not yet looked
+    reader.refresh()
+    assert ids[0] not in reader.image_ids() and set(new_ids) <= set(reader.image_ids())
+    s.index.compact()
+    reader.refresh()  # the layout changed: reloaded from the new segments
+    assert list(reader.image_ids()) == list(s.index.image_ids())
+    reader.close()
+
+
+# --- compaction and segments ------------------------------------------------------------------------
+
+
+def test_compaction_writes_base_segments_and_keeps_the_answers(synthetic):
+    s, ids, labels, codes, features = synthetic(n=300)
+    before = s.index.search(codes[:30], features[:30], shortlist=20)
+    report = s.index.compact()
+    assert {r["partition"] for r in report} == {"a", "b", "c"}
+    assert all(seg["base"] == "flat" and seg["delta_images"] == 0 for seg in s.index.segment_report())
+    after = s.index.search(codes[:30], features[:30], shortlist=20)
+    assert (before.image_ids == after.image_ids).all()
+    assert (s.folder / LAYOUT).is_file()
+    assert s.store.changes_since(0) == []  # every change is in a segment now
+
+
+def test_large_partitions_get_an_ivf_base_that_still_finds_exact_copies(synthetic):
+    s, ids, labels, codes, features = synthetic(n=3000, partitions=("all",), ivf_min=1000, nprobe=8)
+    s.index.compact()
+    assert s.index.segment_report()[0]["base"] == "ivf"
+    found = s.index.search(codes[:200], features[:200], shortlist=20)
+    assert np.mean(found.image_ids[:, 0] == ids[:200]) >= 0.97
+
+
+def clustered_codes(n: int, centres: np.ndarray, seed: int) -> np.ndarray:
+    """Codes near the given centres: each bit flipped with probability 0.05."""
+    rng = np.random.default_rng(seed)
+    flips = np.packbits(rng.random((n, centres.shape[1] * 8)) < 0.05, axis=1)
+    return centres[rng.integers(0, len(centres), n)] ^ flips
+
+
+def test_compaction_retrains_ivf_centroids_only_when_data_drifted(tmp_path):
+    rng = np.random.default_rng(0)
+    old_centres, new_centres = (rng.integers(0, 256, (20, 8), dtype=np.uint8) for _ in range(2))
+    features = random_vectors(4000)[1]
+    s = Synthetic(tmp_path / "idx", ivf_min=1000)
+    s.write([f"o{i}" for i in range(2000)], ["all"] * 2000, clustered_codes(2000, old_centres, 1), features[:2000])
+    s.index.compact()
+    trained = s.index.shards[0][0].states["all"].base.train_distance
+    s.write([f"s{i}" for i in range(300)], ["all"] * 300, clustered_codes(300, old_centres, 2), features[2000:2300])
+    s.index.compact()
+    assert s.index.shards[0][0].states["all"].base.train_distance == trained  # same centroids kept
+    s.write([f"d{i}" for i in range(1500)], ["all"] * 1500, clustered_codes(1500, new_centres, 3), features[2300:3800])
+    s.index.compact()
+    assert s.index.shards[0][0].states["all"].base.train_distance != trained  # retrained
+    s.close()
+
+
+def test_a_reopened_index_memory_maps_its_segments(synthetic):
+    s, ids, labels, codes, features = synthetic(n=3000, partitions=("all",), ivf_min=1000)
+    s.index.compact()
+    more_codes, more_features = random_vectors(10, seed=8)
+    more = s.write([f"m{i}" for i in range(10)], ["all"] * 10, more_codes, more_features)
+    s.remove(["item1"])
+    reopened = s.reopen(ivf_min=1000)
+    state = reopened.shards[0][0].states["all"]
+    assert isinstance(state.base.rows.features, np.memmap) and isinstance(state.base.rows.codes, np.memmap)
+    assert len(state.delta) == 10 and list(state.tombstones) == [ids[1]]  # replayed from the change log
+    assert list(reopened.image_ids()) == list(s.index.image_ids())
+    assert set(more) <= set(reopened.search(more_codes, more_features, shortlist=5).image_ids[:, 0])
+    reopened.close()
+
+
+def test_queries_during_compaction_see_the_old_or_the_new_state_never_a_mix(synthetic):
+    s, ids, labels, codes, features = synthetic(n=2000, partitions=("a", "b"))
+    expected = s.index.search(codes[:16], features[:16], shortlist=10).image_ids
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def query() -> None:
+        while not stop.is_set():
+            found = s.index.search(codes[:16], features[:16], shortlist=10).image_ids
+            if not (found == expected).all():
+                failures.append("changed answer")
+
+    threads = [threading.Thread(target=query) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for _ in range(3):
+        s.index.compact()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+# --- shards and replicas --------------------------------------------------------------------------
+
+
+def test_one_shard_and_four_shards_give_the_same_results(tmp_path):
+    codes, features = random_vectors(2000, seed=1)
+    labels = [("a", "b")[i % 2] for i in range(2000)]
+    answers = []
+    for shards in (1, 4):
+        s = Synthetic(tmp_path / f"s{shards}", shards=shards)
+        s.write([f"item{i}" for i in range(2000)], labels, codes, features)
+        s.index.compact()
+        found = s.index.search(codes[:100], features[:100], shortlist=2000)  # exhaustive: exact re-rank
+        answers.append(found.image_ids[:, :10])
+        if shards == 4:
+            assert len(s.index.shards) == 4 and all(len(r[0].states["a"]) > 200 for r in s.index.shards)
+        s.close()
+    assert (answers[0] == answers[1]).all()
+
+
+def test_four_shards_find_what_one_shard_finds_at_the_default_shortlist(tmp_path):
+    codes, features = random_vectors(3000, seed=1)
+    queries = l2_normalize(features[:100] + 0.2 * np.random.default_rng(2).standard_normal((100, 32)).astype(np.float32))
+    exact = np.argsort(-(queries @ features.T), axis=1)[:, :10] + 1  # image ids start at 1
+    recall = {}
+    for shards in (1, 4):
+        s = Synthetic(tmp_path / f"s{shards}", shards=shards)
+        s.write([f"item{i}" for i in range(3000)], ["all"] * 3000, codes, features)
+        found = s.index.search(codes[:100], queries, shortlist=200).image_ids[:, :10]
+        recall[shards] = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
+        s.close()
+    assert recall[4] >= recall[1] > 0.3  # each shard re-ranks its own shortlist: never fewer candidates
+
+
+def test_replicas_answer_in_turn_and_a_failing_one_hands_over(synthetic, monkeypatch):
+    s, ids, labels, codes, features = synthetic(n=200, shards=2, replicas=2)
+    expected = s.index.search(codes[:5], features[:5], shortlist=10).image_ids
+    asked: list[int] = []
+    for shard in s.index.shards:
+        for number, replica in enumerate(shard):
+            original = replica.search
+
+            def spy(*args, _number=number, _original=original, **kwargs):
+                asked.append(_number)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(replica, "search", spy)
+    for _ in range(4):
+        s.index.search(codes[:5], features[:5], shortlist=10)
+    assert sorted(asked) == [0] * 4 + [1] * 4  # each shard's two replicas took turns
+
+    def broken(*args, **kwargs):
+        raise OSError("replica lost its disk")
+
+    monkeypatch.setattr(s.index.shards[0][0], "search", broken)
+    for _ in range(3):
+        assert (s.index.search(codes[:5], features[:5], shortlist=10).image_ids == expected).all()
+    monkeypatch.setattr(s.index.shards[0][1], "search", broken)
+    with pytest.raises(IndexError_, match="every replica failed"):
+        s.index.search(codes[:5], features[:5], shortlist=10)
+
+
+def test_changing_the_shard_count_re_shards_on_compaction(synthetic):
+    s, ids, labels, codes, features = synthetic(n=300)
+    s.index.compact()
+    resharded = s.reopen(shards=3)
+    assert len(resharded.shards) == 3 and list(resharded.image_ids()) == list(ids)
+    resharded.compact()
+    assert {seg["shard"] for seg in resharded.segment_report()} == {0, 1, 2}
+    again = s.reopen(shards=3)
+    assert list(again.image_ids()) == list(ids)
+    resharded.close()
+    again.close()
+
+
+# --- recall against exact float search with a real codec ----------------------------------------------
+
+
+def clustered_descriptors(rng: np.random.Generator, n: int, d: int = 512, clusters: int = 50) -> np.ndarray:
+    """Non-negative, L2-normalised vectors around cluster centres with a shared low-rank spread."""
+    centres = rng.standard_normal((clusters, d))
+    basis = rng.standard_normal((64, d)) / 8
+    labels = rng.integers(0, clusters, n)
+    data = centres[labels] + rng.standard_normal((n, 64)) @ basis * 1.8 + rng.standard_normal((n, d)) * 0.18
+    return l2_normalize(np.maximum(data, 0).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    data = clustered_descriptors(rng, 5200)
+    codec = Codec.fit(data[:5000], dim=128, bits=128, source="test")
+    features, codes = codec.encode(data[:5000])
+    query_features, query_codes = codec.encode(data[5000:])
+    s = Synthetic(tmp_path_factory.mktemp("realistic"), bits=128, dim=128)
+    ids = s.write([f"item{i}" for i in range(5000)], ["all"] * 5000, codes, features)
+    exact = ids[np.argsort(-(query_features @ features.T), axis=1)[:, :10]]
+    yield s.index, query_codes, query_features, exact
+    s.close()
+
+
+def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:10]) & set(e)) / 10 for f, e in zip(found, exact)]))
+
+
+def test_binary_shortlist_plus_rerank_recalls_exact_float_search(realistic):
+    index, query_codes, query_features, exact = realistic
+    assert recall_at_10(index.search(query_codes, query_features, shortlist=200).image_ids, exact) >= 0.95  # 0.99 in real runs
+
+
+def test_rerank_is_what_brings_recall_up(realistic):
+    index, query_codes, query_features, exact = realistic
+    hamming_only = recall_at_10(index.search(query_codes, query_features, shortlist=10).image_ids, exact)
+    reranked = recall_at_10(index.search(query_codes, query_features, shortlist=200).image_ids, exact)
+    assert hamming_only < 0.8 and reranked > hamming_only + 0.15
+
+
+def test_index_folder_lock_is_exclusive(tmp_path):
+    folder = IndexFolder(tmp_path / "idx")
+    with folder.write_lock():
+        with pytest.raises(IndexError_, match="another process is writing"):
+            with IndexFolder(tmp_path / "idx").write_lock():
+                pass
