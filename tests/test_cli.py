@@ -241,3 +241,37 @@ def test_process_user_error_is_one_line_without_traceback(tmp_path):
 def test_process_usage_error_exits_2(tmp_path):
     done = run_snapshop("search", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+# --- the index engine: compact, explain, segments ---------------------------------------------------
+
+
+def test_compact_folds_deltas_into_base_segments_and_keeps_answers(fresh_index, catalog):
+    before = json_lines(invoke("search", catalog.image("circle-2"), "--index", fresh_index, "--json").stdout)[0]
+    removed = invoke("remove", "square-3", "--index", fresh_index)
+    assert removed.exit_code == 0
+    stats = json.loads(invoke("stats", "--index", fresh_index, "--json").stdout)
+    assert sum(seg["tombstones"] for seg in stats["segments"]) == 1  # square-3 was in a base segment
+
+    result = invoke("compact", "--index", fresh_index)
+    assert result.exit_code == 0, result.output
+    assert "compacted" in result.stdout and "12 images" in result.stdout  # 11 items, circle-0 has two images
+    stats = json.loads(invoke("stats", "--index", fresh_index, "--json").stdout)
+    assert all(seg["delta_images"] == 0 and seg["tombstones"] == 0 and seg["base"] == "flat" for seg in stats["segments"])
+    after = json_lines(invoke("search", catalog.image("circle-2"), "--index", fresh_index, "--json").stdout)[0]
+    assert [hit["item_id"] for hit in after["results"]] == [hit["item_id"] for hit in before["results"] if hit["item_id"] != "square-3"]
+
+
+def test_search_explain_reports_every_searched_partition(shared_index, catalog):
+    result = invoke("search", catalog.image("circle-2"), "--index", shared_index, "--json", "--explain")
+    answer = json_lines(result.stdout)[0]
+    searched = {part["partition"] for part in answer["explain"]}
+    assert answer["category"]["name"] in searched and searched <= {"circles", "squares", "triangles"}
+    assert all({"base", "base_images", "delta_images", "tombstones", "candidates", "ms"} <= set(p) for p in answer["explain"])
+    human = invoke("search", catalog.image("circle-2"), "--index", shared_index, "--explain")
+    assert "searched circles / shard 0" in human.stdout
+    assert "explain" not in json_lines(invoke("search", catalog.image("circle-2"), "--index", shared_index, "--json").stdout)[0]
+
+
+def test_compact_missing_index(tmp_path):
+    assert_user_error(invoke("compact", "--index", tmp_path / "nope"), "no snapshop index")

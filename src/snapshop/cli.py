@@ -89,13 +89,15 @@ def search(
     category: Optional[str] = typer.Option(None, "--category", help="Search only this category."),
     box: Optional[str] = typer.Option(None, "--box", help="Search this box x0,y0,x1,y1 instead of the detected object."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
+    explain: bool = typer.Option(False, "--explain", help="Report candidates and timings per partition and shard."),
 ) -> None:
     """Find the catalog products in photos (many photos share one model load and batched inference)."""
     settings = _settings(index=index, k=k)
     with user_errors():
         query_box = _parse_box(box) if box else None
         engine = Engine.open(settings.index, settings)
-        results = engine.search([Query(str(path), path, query_box) for path in images], k=settings.k, category=category)
+        results = engine.search([Query(str(path), path, query_box) for path in images], k=settings.k, category=category,
+                                explain=explain)
     for result in results:
         typer.echo(json.dumps(result.to_json(), ensure_ascii=False) if as_json else _human(result))
     if all(result.error for result in results):
@@ -117,8 +119,27 @@ def stats(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(Fals
     typer.echo(f"model      {info['model']['name']} {info['model']['version']}, {info['pooling']} pooling")
     typer.echo(f"vectors    {info['dim']} float dims, {info['bits']}-bit codes, projection fitted on "
                f"{(info['projection'] or {}).get('source', '-')}")
+    typer.echo(f"layout     {info['shards']} shard(s) x {info['replicas']} replica(s), change log at {info['change_log_seq']}")
     for name, count in info["partitions"].items():
         typer.echo(f"partition  {name or '(no category)'}: {count} images")
+    for segment in info["segments"]:
+        typer.echo(f"segment    {segment['partition'] or '(no category)'} / shard {segment['shard']}: "
+                   f"base {segment['base'] or '-'} {segment['base_images']}, delta {segment['delta_images']}, "
+                   f"tombstones {segment['tombstones']}")
+
+
+@app.command()
+def compact(index: Optional[Path] = IndexOption) -> None:
+    """Fold every partition's delta and tombstones into new base segments now (also re-shards)."""
+    settings = _settings(index=index)
+    with user_errors():
+        engine = Engine.open(settings.index, settings)
+        try:
+            report = engine.compact()
+        finally:
+            engine.close()
+    images = sum(entry["images"] for entry in report)
+    typer.echo(f"compacted {len(report)} partition shard(s) holding {images} images")
 
 
 @app.command(name="eval")
@@ -143,12 +164,42 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    index: Optional[Path] = IndexOption,
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on [default: setting host, 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, "--port", help="TCP port [default: setting port, 8000]."),
+) -> None:
+    """Serve the HTTP API and the search page (API docs at /docs). Catalog writes need the admin_token setting."""
+    settings = _settings(index=index, host=host, port=port)
+    with user_errors():
+        engine = Engine.open(settings.index, settings)
+    _serve(engine, settings)
+
+
+def _serve(engine: Engine, settings: Settings) -> None:
+    """Serve `engine` until interrupted, then close it."""
+    import uvicorn
+
+    from snapshop.serve import create_app
+
+    web = create_app(engine, settings)
+    writes = "enabled (admin token set)" if settings.admin_token else "disabled (no admin_token set)"
+    typer.echo(f"serving {settings.index} at http://{settings.host}:{settings.port}/ "
+               f"(API docs at /docs, catalog writes {writes}); Ctrl-C stops")
+    try:
+        uvicorn.run(web, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        engine.close()
+
+
+@app.command()
 def demo(
     folder: Path = typer.Option(Path("snapshop-demo"), "--dir", help="Where to build the demo catalog and index."),
     items: int = typer.Option(2000, help="Fashion-MNIST products in the demo catalog."),
     queries: int = typer.Option(5, help="Example searches to run."),
+    serve_page: bool = typer.Option(True, "--serve/--no-serve", help="End by serving the search page on the demo index."),
 ) -> None:
-    """Build a Fashion-MNIST demo catalog and index, then run example searches on simulated shopper photos."""
+    """Build a Fashion-MNIST demo catalog and index, run example searches on simulated shopper photos, then serve."""
     from snapshop.datasets import build_fashion_catalog, build_shopper_queries
 
     settings = _settings(index=folder / "index")
@@ -167,6 +218,9 @@ def demo(
         mark = "found" if row["item_id"] in found else "missed"
         typer.echo(f"\n{_human(result)}\n  true item {row['item_id']} ({row['category']}): {mark}")
     typer.echo(f"\ntry: snapshop search {shots.parent / rows[0]['image']} --index {settings.index}")
+    if serve_page:
+        typer.echo(f"or upload one of the photos in {shots.parent / 'images'} to the search page:")
+        _serve(engine, settings)
 
 
 def _parse_box(text: str) -> list[int]:
@@ -190,6 +244,10 @@ def _human(result: SearchResult) -> str:
     for rank, hit in enumerate(result.results, start=1):
         title = hit.fields.get("title", "")
         lines.append(f"  {rank:2d}. {hit.item_id:<20} {hit.score:.3f}  {hit.category or ''}  {title}")
+    for part in result.explain or []:
+        lines.append(f"  searched {part['partition'] or '(no category)'} / shard {part['shard']}: base {part['base'] or '-'} "
+                     f"{part['base_images']}, delta {part['delta_images']}, tombstones {part['tombstones']}, "
+                     f"{part['candidates']} candidates, {part['ms']} ms")
     return "\n".join(lines)
 
 
