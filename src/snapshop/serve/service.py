@@ -59,9 +59,15 @@ class Service:
         """Decode a searched photo with the engine's limits (its content decides what it is) and keep it."""
         return self.queries.keep_query(data, self.engine.load(data))
 
-    def keep_catalog_image(self, data: bytes) -> StoredPhoto:
-        """Decode an uploaded catalog image with the engine's limits and keep its bytes."""
-        return self.uploads.keep_catalog_image(data, self.engine.load(data))
+    def keep_catalog_images(self, uploads: list[bytes]) -> list[Path]:
+        """Check that every uploaded catalog image decodes with the engine's limits, then keep them all."""
+        paths = []
+        for data in uploads:
+            self.engine.load(data)
+            paths.append(self.uploads.catalog_image_path(data))
+        for path, data in zip(paths, uploads):
+            self.uploads.keep_bytes(path, data)
+        return paths
 
     async def search(self, job: SearchJob) -> Batched[SearchResult]:
         """Search one photo as part of the next batch."""

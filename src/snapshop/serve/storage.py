@@ -62,18 +62,19 @@ class PhotoFolder:
             _atomic_write(path, lambda out: image.save(out, format="JPEG", quality=92))
         return StoredPhoto(photo_id, path, image.width, image.height)
 
-    def keep_catalog_image(self, data: bytes, image: Image.Image) -> StoredPhoto:
-        """Keep an uploaded catalog image byte for byte as `<sha256>.<ext>`, the extension from its content."""
+    def catalog_image_path(self, data: bytes) -> Path:
+        """Where an uploaded catalog image is kept: `<sha256>.<ext>`, the extension from its content."""
         with Image.open(io.BytesIO(data)) as sniffed:
             kind = sniffed.format or ""
         if kind not in CATALOG_FORMATS:
             raise ImageError(f"upload: {kind or 'this'} format is not accepted for catalog images "
                              f"(use {', '.join(sorted(set(CATALOG_FORMATS) - {'MPO'}))})")
-        photo_id = hashlib.sha256(data).hexdigest()
-        path = self.folder / f"{photo_id}.{CATALOG_FORMATS[kind]}"
+        return self.folder / f"{hashlib.sha256(data).hexdigest()}.{CATALOG_FORMATS[kind]}"
+
+    def keep_bytes(self, path: Path, data: bytes) -> None:
+        """Keep `data` at `path` (a path this folder made) unless it is there already."""
         if not path.is_file():
             _atomic_write(path, lambda out: out.write(data))
-        return StoredPhoto(photo_id, path, image.width, image.height)
 
     def query_path(self, photo_id: str) -> Path | None:
         """The kept search photo with this id, if there is one (the id is a hex digest, checked by the caller)."""

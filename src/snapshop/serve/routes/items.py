@@ -79,10 +79,7 @@ async def add_item(
         raise APIError(400, "bad_item_id", "item_id must be non-empty printable text")
     if len(image) > MAX_IMAGES_PER_ITEM:
         raise APIError(400, "too_many_images", f"at most {MAX_IMAGES_PER_ITEM} images per item")
-    paths = []
-    for upload in image:
-        stored = await run_in_threadpool(service.keep_catalog_image, await upload.read())
-        paths.append(stored.path)
+    paths = await run_in_threadpool(service.keep_catalog_images, [await upload.read() for upload in image])
     fields = {name: value for name, value in (("title", title), ("price", price), ("url", url)) if value is not None}
     rows = [CatalogRow(line=number, item_id=item_id, image=path, category=(category or "").strip() or None,
                        fields=fields) for number, path in enumerate(paths, start=1)]

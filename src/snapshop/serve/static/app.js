@@ -124,6 +124,8 @@ function drawBoxes() {
   const active = activeBox();
   const boxes = state.detected.slice();
   if (state.box && !boxes.some((b) => sameBox(b, state.box))) boxes.push(state.box);
+  // Larger boxes first, so a smaller box inside a larger one stays on top and can be tapped.
+  boxes.sort((a, b) => (b[2] - b[0]) * (b[3] - b[1]) - (a[2] - a[0]) * (a[3] - a[1]));
   for (const box of boxes) {
     const element = boxElement(box);
     element.setAttribute("aria-label", "Search this object");
