@@ -10,6 +10,7 @@ PYTHON=${PYTHON:-python3}
 DEBIAN_PACKAGES=(
   dataset-fashion-mnist   # Fashion-MNIST product photos for the demo catalog
   opencv-doc              # real photos: multi-view test set and backgrounds
+  chromium                # the browser the page's tests drive with Playwright (never `playwright install`)
 )
 
 missing=()
