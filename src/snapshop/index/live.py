@@ -206,15 +206,15 @@ class LiveIndex:
     def refresh(self) -> bool:
         """Apply the changes committed since the last look. True when the codec was refit
         (a `reset`): the caller must reload its fitted models, and this index is rebuilt."""
-        stamp = _stamp(self.layout_path)
-        with self.store.snapshot():
+        if self.store.last_seq() == self.seq and _stamp(self.layout_path) == self._layout_stamp:
+            return False
+        with self._apply_lock, self.store.snapshot():
+            stamp = _stamp(self.layout_path)
             changes = self.store.changes_since(self.seq)
-            if not changes and stamp == self._layout_stamp:
-                return False
             reset = any(c.op == "reset" for c in changes)
             gap = bool(changes) and changes[0].seq != self.seq + 1
             if not (reset or gap or stamp != self._layout_stamp):
-                with self._apply_lock:
+                if changes:
                     self._replay(changes, upto=changes[-1].seq)
                 return False
         if reset:

@@ -280,7 +280,9 @@ class MetadataStore:
         )
 
     def last_seq(self) -> int:
-        return self._read.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+        """The sequence number of the latest change ever logged (pruned ones included)."""
+        row = self._read.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return row[0] if row else 0
 
     def changes_since(self, seq: int) -> list[Change]:
         rows = self._read.execute(

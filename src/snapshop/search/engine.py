@@ -97,6 +97,7 @@ class Engine:
         self.category_model: CategoryModel | None = None
         self.index: LiveIndex | None = None
         self._write_mutex = threading.Lock()
+        self._reload_lock = threading.Lock()
         self._compaction: threading.Thread | None = None
         self._reload()
 
@@ -346,14 +347,14 @@ class Engine:
         params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
                              replicas=settings.replicas, nprobe=settings.nprobe, ivf_min=settings.ivf_min_images,
                              compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
-        previous, self.index = self.index, LiveIndex(self.folder.path, self.store, params, codec_id)
-        if previous is not None:
-            previous.close()
+        self.index = LiveIndex(self.folder.path, self.store, params, codec_id)  # queries on the old one finish there
 
     def _refresh(self) -> None:
         """Catch up with committed writes (this process's or another's); reload after a refit."""
         if self.index.refresh():
-            self._reload()
+            with self._reload_lock:
+                if self.index.refresh():
+                    self._reload()
 
     @property
     def categories(self) -> list[str]:
