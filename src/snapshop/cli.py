@@ -197,7 +197,8 @@ def demo(
     folder: Path = typer.Option(Path("snapshop-demo"), "--dir", help="Where to build the demo catalog and index."),
     items: int = typer.Option(2000, help="Fashion-MNIST products in the demo catalog."),
     queries: int = typer.Option(5, help="Example searches to run."),
-    serve_page: bool = typer.Option(True, "--serve/--no-serve", help="End by serving the search page on the demo index."),
+    serve_page: bool = typer.Option(True, "--serve/--no-serve",
+                                    help="End by serving the search page on the demo index."),
 ) -> None:
     """Build a Fashion-MNIST demo catalog and index, run example searches on simulated shopper photos, then serve."""
     from snapshop.datasets import build_fashion_catalog, build_shopper_queries

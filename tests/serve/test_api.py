@@ -56,7 +56,8 @@ def test_the_same_photo_gives_the_same_query_id(client, shopper_jpeg):
 
 
 def test_search_a_given_box(client, shopper_jpeg):
-    response = client.post("/search", files=upload(shopper_jpeg("triangle-2")), data={"box": "150,70,340,260", "k": "3"})
+    response = client.post("/search", files=upload(shopper_jpeg("triangle-2")),
+                           data={"box": "150,70,340,260", "k": "3"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["boxes"] == [{"box": [150, 70, 340, 260], "score": 1.0}]
@@ -64,7 +65,8 @@ def test_search_a_given_box(client, shopper_jpeg):
 
 
 def test_search_a_forced_category(client, shopper_jpeg):
-    body = client.post("/search", files=upload(shopper_jpeg("circle-1")), data={"category": "squares", "k": "10"}).json()
+    body = client.post("/search", files=upload(shopper_jpeg("circle-1")),
+                       data={"category": "squares", "k": "10"}).json()
     assert body["category"] == {"name": "squares", "score": 1.0, "forced": True}
     assert {hit["category"] for hit in body["results"]} == {"squares"} and len(body["results"]) == 4
 
@@ -86,7 +88,8 @@ def test_search_a_bad_k(client, shopper_jpeg, check_error, k):
                               422, "invalid_request")
 
 
-@pytest.mark.parametrize("box", ["1,2,3", "a,b,c,d", "10,10,5,5", "0,0,500,100", "-1,0,10,10", "nan,0,1,1", "inf,0,9,9"])
+@pytest.mark.parametrize("box", ["1,2,3", "a,b,c,d", "10,10,5,5", "0,0,500,100", "-1,0,10,10", "nan,0,1,1",
+                                 "inf,0,9,9"])
 def test_search_a_bad_box(client, shopper_jpeg, check_error, box):
     check_error(client.post("/search", files=upload(shopper_jpeg("circle-1")), data={"box": box}), 400, "bad_box")
 
@@ -110,7 +113,7 @@ def test_concurrent_searches_share_a_batch(make_client, served_index, shopper_jp
     for thread in threads:
         thread.join()
 
-    assert {item: answer["results"][0]["item_id"] for item, answer in answers.items()} == {item: item for item in photos}
+    assert {item: answer["results"][0]["item_id"] for item, answer in answers.items()} == {i: i for i in photos}
     assert max(answer["batch"]["size"] for answer in answers.values()) >= 2
     serve = batched.get("/stats").json()["serve"]
     assert serve["searches"] == 5 and serve["batches"] < 5 and serve["largest_batch"] >= 2
@@ -197,7 +200,8 @@ def test_clicks_go_to_the_click_log_setting(make_client, served_index, shopper_j
     assert other.post("/clicks", json={"query_id": body["query_id"], "box": None, "shown": shown,
                                        "clicked": shown[:1]}).status_code == 201
     line = json.loads(log.read_text().splitlines()[-1])
-    assert line["query_image"] == str(served_index.resolve() / body["query_image"])  # outside the log's folder: absolute
+    # Outside the log's folder: an absolute path.
+    assert line["query_image"] == str(served_index.resolve() / body["query_image"])
     assert line["box"] is None
 
 
@@ -249,7 +253,8 @@ def test_openapi_docs_are_served_without_a_cdn(client):
     assert scripts and all(url.startswith("/") for url in scripts)
     assert all(client.get(url).status_code == 200 for url in scripts)
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/search", "/items", "/items/{item_id}", "/items/{item_id}/image", "/clicks", "/health", "/stats"} <= set(paths)
+    routes = {"/search", "/items", "/items/{item_id}", "/items/{item_id}/image", "/clicks", "/health", "/stats"}
+    assert routes <= set(paths)
 
 
 def test_unknown_routes_and_methods(client, check_error):

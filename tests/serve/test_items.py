@@ -62,7 +62,8 @@ def test_add_an_item_then_find_it(writer, fresh_index, auth, star_photos):
 
 def test_posting_an_item_again_replaces_it(writer, auth, star_photos):
     first = {"item_id": "circle-2", "category": "circles", "title": "new title"}
-    response = writer.post("/items", files=[("image", ("a.png", star_photos[0], "image/png"))], data=first, headers=auth)
+    response = writer.post("/items", files=[("image", ("a.png", star_photos[0], "image/png"))], data=first,
+                           headers=auth)
     assert response.status_code == 201, response.text
     assert response.json()["created"] is False
     item = writer.get("/items/circle-2").json()

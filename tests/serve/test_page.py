@@ -142,7 +142,8 @@ def test_upload_see_boxes_and_results_click_a_result_switch_category(visit, live
     assert ids[0] == "square-1" and 1 <= len(ids) <= 12
     first = page.locator("#results .result").first
     assert first.locator(".title").inner_text() == "stripes square"
-    assert first.locator(".price").inner_text() == "11.00" and re.match(r"score 0\.\d\d", first.locator(".score").inner_text())
+    assert first.locator(".price").inner_text() == "11.00"
+    assert re.match(r"score 0\.\d\d", first.locator(".score").inner_text())
     assert first.locator("img").evaluate("image => image.complete && image.naturalWidth") == 256
     # The detected box is drawn over the product (pasted at 150..340 x 70..260 of the 420x320 photo).
     assert page.locator(".box").count() >= 1 and page.locator(".box.active .handle").count() == 4
@@ -150,7 +151,8 @@ def test_upload_see_boxes_and_results_click_a_result_switch_category(visit, live
     drawn = page.locator(".box.active").bounding_box()
     scale = photo["width"] / 420
     assert abs(photo["height"] / 320 - scale) < 0.01
-    centre = ((drawn["x"] - photo["x"] + drawn["width"] / 2) / scale, (drawn["y"] - photo["y"] + drawn["height"] / 2) / scale)
+    centre = ((drawn["x"] - photo["x"] + drawn["width"] / 2) / scale,
+              (drawn["y"] - photo["y"] + drawn["height"] / 2) / scale)
     assert 150 < centre[0] < 340 and 70 < centre[1] < 260
     assert page.get_attribute('.chip[data-category="squares"]', "class") == "chip predicted"
     # The details panel: per-stage timings.
@@ -195,7 +197,8 @@ def test_tap_draw_and_adjust_a_box(visit, shopper_jpeg):
     def drag(start: tuple[float, float], end: tuple[float, float]) -> None:
         page.mouse.move(photo["x"] + start[0] * scale, photo["y"] + start[1] * scale)
         page.mouse.down()
-        page.mouse.move(photo["x"] + (start[0] + end[0]) / 2 * scale, photo["y"] + (start[1] + end[1]) / 2 * scale, steps=4)
+        middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+        page.mouse.move(photo["x"] + middle[0] * scale, photo["y"] + middle[1] * scale, steps=4)
         page.mouse.move(photo["x"] + end[0] * scale, photo["y"] + end[1] * scale, steps=4)
         page.mouse.up()
 
@@ -206,7 +209,8 @@ def test_tap_draw_and_adjust_a_box(visit, shopper_jpeg):
 
     # Adjust it: drag its bottom-right corner in.
     handle = page.locator(".box.active .handle.se").bounding_box()
-    corner = ((handle["x"] + handle["width"] / 2 - photo["x"]) / scale, (handle["y"] + handle["height"] / 2 - photo["y"]) / scale)
+    corner = ((handle["x"] + handle["width"] / 2 - photo["x"]) / scale,
+              (handle["y"] + handle["height"] / 2 - photo["y"]) / scale)
     adjusted = searched(page, lambda: drag(corner, (320, 250)))["boxes"][0]["box"]
     assert adjusted[:2] == drawn[:2] and all(abs(a - b) <= 3 for a, b in zip(adjusted[2:], [320, 250])), adjusted
 
@@ -281,7 +285,8 @@ def test_phone_screen(visit, live_server, shopper_jpeg):
     assert shown_ids(page)[0] == "circle-0"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
     cards = page.locator("#results .result")
-    assert cards.first.bounding_box()["width"] >= 140 and cards.nth(1).bounding_box()["y"] == cards.first.bounding_box()["y"]
+    first, second = cards.first.bounding_box(), cards.nth(1).bounding_box()
+    assert first["width"] >= 140 and second["y"] == first["y"]  # two columns
     photo = page.locator("#photo").bounding_box()
     assert photo["width"] <= 390 and photo["height"] <= 0.5 * 844
     before = len(live_server.clicks())

@@ -21,7 +21,8 @@ class Click(BaseModel):
     """One search impression and what was clicked in it."""
 
     query_id: str = Field(pattern=QUERY_ID_PATTERN, description="`query_id` of the /search answer.")
-    box: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4, description="The box that was searched.")
+    box: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4,
+                                                          description="The box that was searched.")
     shown: list[ItemId] = Field(min_length=1, max_length=1000, description="Item ids shown, best first.")
     clicked: list[ItemId] = Field(min_length=1, max_length=100, description="Item ids clicked, all among `shown`.")
 

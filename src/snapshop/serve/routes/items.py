@@ -43,7 +43,8 @@ async def _item_or_404(service: Service, item_id: str) -> dict[str, Any]:
 # The image route comes first: item ids may hold "/", and ".../image" must not read as part of an id.
 @router.get("/items/{item_id:path}/image", response_class=FileResponse,
             responses={200: {"content": {"image/*": {}}, "description": "The image file."}})
-async def get_item_image(item_id: str, n: int = Query(0, ge=0, description="Which image of the item (0: the main one)."),
+async def get_item_image(item_id: str,
+                         n: int = Query(0, ge=0, description="Which image of the item (0: the main one)."),
                          service: Service = Depends(get_service)) -> FileResponse:
     """An item's image file. Only files the index references are served; the client names an item, never a path."""
     images = (await _item_or_404(service, item_id))["images"]
