@@ -30,10 +30,12 @@ import os
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import faiss
 import numpy as np
 
 from snapshop.errors import IndexError_
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
+PARALLEL_FROM_QUERIES = 16  # batches this large let faiss use its OpenMP threads
 
 
 @dataclass(frozen=True)
@@ -337,7 +340,8 @@ class LiveIndex:
         failures = []
         for replica in replicas[first:] + replicas[:first]:
             try:
-                hits = replica.search(codes, features, shortlist, self.params.nprobe, partitions)
+                with _faiss_threads(1 if len(codes) < PARALLEL_FROM_QUERIES else 0):
+                    hits = replica.search(codes, features, shortlist, self.params.nprobe, partitions)
             except Exception as exc:  # noqa: BLE001 - any replica fault is survivable while another answers
                 log.warning("shard %d: a replica failed (%s); asking another", replica.shard, exc)
                 failures.append(exc)
@@ -399,6 +403,21 @@ class LiveIndex:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+@contextmanager
+def _faiss_threads(count: int) -> Iterator[None]:
+    """faiss's OpenMP threads for this thread's calls (0: leave as is). A few queries are
+    answered faster by one thread: OpenMP workers spin and fight over busy cores."""
+    if not count:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _top(hits: PartitionHits, shortlist: int) -> PartitionHits:

@@ -65,20 +65,11 @@ class PartitionState:
 
     def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int, nprobe: int) -> PartitionHits:
         start = time.perf_counter()
-        base_ids = self._base_shortlist(codes, shortlist, nprobe)
-        delta_ids = self.delta.search(codes, shortlist)
-        ids = np.concatenate([base_ids, delta_ids], axis=1)
-        candidate = np.zeros(ids.shape + (features.shape[1],), np.float32)
-        for rows_source, part in ((self.base.rows if self.base else None, slice(0, base_ids.shape[1])),
-                                  (self.delta.rows, slice(base_ids.shape[1], ids.shape[1]))):
-            if rows_source is None or part.start == part.stop:
-                continue
-            block = ids[:, part]
-            rows = rows_source.rows_of(np.maximum(block, 0))
-            valid = (block >= 0) & (rows >= 0)
-            ids[:, part] = np.where(valid, block, -1)
-            candidate[:, part] = np.where(valid[..., None], rows_source.features[np.maximum(rows, 0)], 0)
-        scores = np.where(ids >= 0, np.einsum("qrd,qd->qr", candidate, features), -np.inf)
+        parts = [(self.base.rows if self.base else None, self._base_shortlist(codes, shortlist, nprobe)),
+                 (self.delta.rows, self.delta.search(codes, shortlist))]
+        ids = np.concatenate([found for _, found in parts], axis=1)
+        scores = np.concatenate([_rerank(rows, found, features) for rows, found in parts], axis=1)
+        ids = np.where(np.isfinite(scores), ids, -1)
         order = np.argsort(-scores, axis=1, kind="stable")
         explain = {"partition": self.partition, "shard": self.shard, "base": self.base.kind if self.base else None,
                    "base_images": len(self.base) if self.base else 0, "delta_images": len(self.delta),
@@ -96,3 +87,13 @@ class PartitionState:
             alive &= np.cumsum(alive, axis=1) <= shortlist
             ids = np.where(alive, ids, -1)
         return ids
+
+
+def _rerank(rows: Rows | None, ids: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Cosine of each query with each candidate's float16 feature; -inf where there is none."""
+    if rows is None or ids.shape[1] == 0:
+        return np.full(ids.shape, -np.inf, np.float32)
+    found = rows.rows_of(np.maximum(ids, 0))
+    valid = (ids >= 0) & (found >= 0)
+    scores = np.einsum("qrd,qd->qr", rows.features[np.maximum(found, 0)].astype(np.float32), features)
+    return np.where(valid, scores, -np.inf)
