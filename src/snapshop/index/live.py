@@ -77,6 +77,8 @@ class IndexParams:
 
 @dataclass(frozen=True)
 class SegmentEntry:
+    """One base segment in segments.json: its file name stem, place, and the change-log seq it holds."""
+
     name: str
     partition: str
     shard: int
