@@ -170,26 +170,21 @@ def serve(
     port: Optional[int] = typer.Option(None, "--port", help="TCP port [default: setting port, 8000]."),
 ) -> None:
     """Serve the HTTP API and the search page (API docs at /docs). Catalog writes need the admin_token setting."""
-    settings = _settings(index=index, host=host, port=port)
-    with user_errors():
-        engine = Engine.open(settings.index, settings)
-    _serve(engine, settings)
+    _serve(_settings(index=index, host=host, port=port))
 
 
-def _serve(engine: Engine, settings: Settings) -> None:
-    """Serve `engine` until interrupted, then close it."""
+def _serve(settings: Settings) -> None:
+    """Serve the index of `settings` until interrupted (the app opens and closes its engines)."""
     import uvicorn
 
     from snapshop.serve import create_app
 
-    web = create_app(engine, settings)
+    with user_errors():
+        web = create_app(settings.index, settings)
     writes = "enabled (admin token set)" if settings.admin_token else "disabled (no admin_token set)"
     typer.echo(f"serving {settings.index} at http://{settings.host}:{settings.port}/ "
                f"(API docs at /docs, catalog writes {writes}); Ctrl-C stops")
-    try:
-        uvicorn.run(web, host=settings.host, port=settings.port, log_level="info")
-    finally:
-        engine.close()
+    uvicorn.run(web, host=settings.host, port=settings.port, log_level="info")
 
 
 @app.command()
@@ -220,8 +215,9 @@ def demo(
         typer.echo(f"\n{_human(result)}\n  true item {row['item_id']} ({row['category']}): {mark}")
     typer.echo(f"\ntry: snapshop search {shots.parent / rows[0]['image']} --index {settings.index}")
     if serve_page:
+        engine.close()
         typer.echo(f"or upload one of the photos in {shots.parent / 'images'} to the search page:")
-        _serve(engine, settings)
+        _serve(settings)
 
 
 def _parse_box(text: str) -> list[int]:

@@ -18,9 +18,11 @@ class Recorder:
         self.delay = delay
         self.fail_on = fail_on
         self.started = threading.Event()
+        self.workers: set[int] = set()
 
-    def __call__(self, items: list) -> list:
+    def __call__(self, worker: int, items: list) -> list:
         self.started.set()
+        self.workers.add(worker)
         self.calls.append(list(items))
         time.sleep(self.delay)
         if self.fail_on in items:
@@ -49,7 +51,7 @@ def test_items_submitted_together_run_as_one_batch(make_batcher):
     answers = [future.result(timeout=5) for future in futures]
     assert run.calls == [[0, 1, 2, 3, 4]]
     assert [answer.value for answer in answers] == [0, 10, 20, 30, 40]
-    assert {answer.batch_size for answer in answers} == {5}
+    assert {answer.batch_size for answer in answers} == {5} and {answer.worker for answer in answers} == {0}
     assert batcher.stats.to_json() == {"batches": 1, "searches": 5, "largest_batch": 5, "mean_batch": 5.0}
 
 
@@ -108,7 +110,7 @@ def test_an_error_is_the_answer_of_its_call_only(make_batcher):
 
 
 def test_a_batch_function_that_loses_results(make_batcher):
-    batcher = make_batcher(lambda items: items[:-1])
+    batcher = make_batcher(lambda worker, items: items[:-1])
     with pytest.raises(RuntimeError, match="returned 0 results for 1"):
         batcher.submit(1).result(timeout=5)
 
@@ -134,6 +136,26 @@ def test_close_finishes_queued_items_then_refuses_new_ones(make_batcher):
         batcher.submit(4)
 
 
-def test_max_batch_must_be_positive():
-    with pytest.raises(ValueError, match="max_batch"):
-        MicroBatcher(Recorder(), wait_ms=1, max_batch=0)
+def test_several_workers_run_batches_side_by_side(make_batcher):
+    run = Recorder(delay=0.3)
+    batcher = make_batcher(run, wait_ms=0, max_batch=2, workers=2)
+    started = time.monotonic()
+    futures = [batcher.submit(item) for item in range(4)]
+    assert [future.result(timeout=5).value for future in futures] == [0, 10, 20, 30]
+    assert time.monotonic() - started < 0.55  # two rounds of 0.3 s would take 0.6 s or more
+    assert run.workers == {0, 1}
+    assert sorted(item for call in run.calls for item in call) == [0, 1, 2, 3]
+
+
+def test_close_stops_every_worker(make_batcher):
+    batcher = make_batcher(Recorder(), workers=3, name="closing-test")
+    assert batcher.submit(1).result(timeout=5).value == 10
+    assert len([thread for thread in threading.enumerate() if thread.name.startswith("closing-test")]) == 3
+    batcher.close(timeout=5)
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("closing-test")]
+
+
+@pytest.mark.parametrize("options", [{"max_batch": 0}, {"workers": 0}])
+def test_max_batch_and_workers_must_be_positive(options):
+    with pytest.raises(ValueError, match="at least 1"):
+        MicroBatcher(Recorder(), **{"wait_ms": 1, "max_batch": 4, **options})

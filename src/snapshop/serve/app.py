@@ -21,7 +21,7 @@ from snapshop.search.engine import Engine
 from snapshop.serve.errors import install_error_handlers
 from snapshop.serve.limits import BodyLimit
 from snapshop.serve.routes import clicks, health, items, search
-from snapshop.serve.service import Service
+from snapshop.serve.service import Service, worker_settings
 from snapshop.settings import Settings
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -39,10 +39,11 @@ PAGE_HEADERS = {
 def create_app(engine_or_index: Engine | str | Path, settings: Settings) -> FastAPI:
     """The HTTP API and search page over an open engine, or over the index folder at a path (opened here).
 
-    An engine passed in stays the caller's to close; one opened here is closed when the app shuts down.
+    An engine passed in stays the caller's to close and is one of the search workers; the other
+    workers' engines (setting `search_workers`), and one opened here, close when the app shuts down.
     """
     owns_engine = not isinstance(engine_or_index, Engine)
-    engine = Engine.open(engine_or_index, settings) if owns_engine else engine_or_index
+    engine = Engine.open(engine_or_index, worker_settings(settings)) if owns_engine else engine_or_index
     service = Service(engine, settings, owns_engine=owns_engine)
 
     @asynccontextmanager

@@ -1,9 +1,11 @@
 """Micro-batching: concurrent requests are collected for a few milliseconds and run as one batch.
 
 Requests are submitted from any thread (the event loop included) and answered through
-`concurrent.futures.Future`s; one worker thread runs the batches, so the event loop keeps
+`concurrent.futures.Future`s; worker threads run the batches, so the event loop keeps
 serving while the CNN works. While a batch runs, the next one fills up: under load the
 batches grow by themselves, and a request that arrives alone waits at most `wait_ms`.
+With several workers, several batches run at once (worker `i` is passed to `run`, e.g. to
+use its own engine).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Batched(Generic[R]):
     value: R
     batch_size: int
     queued_ms: float
+    worker: int
 
 
 @dataclass(frozen=True)
@@ -52,25 +55,29 @@ class BatcherStats:
 
 
 class MicroBatcher(Generic[T, R]):
-    """Run `run(items) -> results` (one result per item, in order) on batches of submitted items.
+    """Run `run(worker, items) -> results` (one result per item, in order) on batches of submitted items.
 
-    Items with different `key`s never share a call of `run` (they still share a batch turn).
-    An exception raised by `run` is the answer of every item of that call.
+    `workers` threads each take the next batch; worker `i` calls `run(i, items)`. Items with
+    different `key`s never share a call of `run` (they still share a batch turn). An
+    exception raised by `run` is the answer of every item of that call.
     """
 
-    def __init__(self, run: Callable[[list[T]], list[R]], *, wait_ms: float, max_batch: int,
+    def __init__(self, run: Callable[[int, list[T]], list[R]], *, wait_ms: float, max_batch: int, workers: int = 1,
                  key: Callable[[T], Hashable] = lambda item: None, name: str = "snapshop-batcher") -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_batch < 1 or workers < 1:
+            raise ValueError(f"max_batch and workers must be at least 1, got {max_batch} and {workers}")
         self._run = run
         self._key = key
         self._wait = wait_ms / 1000
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
         self._closed = False
+        self._counts_lock = threading.Lock()
         self._batches = self._items = self._largest = 0
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, args=(worker,), name=f"{name}-{worker}", daemon=True)
+                         for worker in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: T) -> Future:
         """Queue one item; the future resolves to a `Batched` answer (or raises what `run` raised)."""
@@ -85,13 +92,15 @@ class MicroBatcher(Generic[T, R]):
         return BatcherStats(self._batches, self._items, self._largest)
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish the queued items, then stop the worker thread."""
+        """Finish the queued items, then stop the worker threads."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-        self._thread.join(timeout)
+            for _ in self._threads:
+                self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
 
-    def _work(self) -> None:
+    def _work(self, worker: int) -> None:
         running = True
         while running:
             first = self._queue.get()
@@ -109,16 +118,19 @@ class MicroBatcher(Generic[T, R]):
                     running = False
                     break
                 batch.append(pending)
-            self._run_batch(batch)
+            self._run_batch(worker, batch)
         while True:  # submitted while closing: refuse rather than leave them waiting
             try:
                 late = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if late is not None and late.future.set_running_or_notify_cancel():
+            if late is None:  # another worker's stop signal
+                self._queue.put(None)
+                break
+            if late.future.set_running_or_notify_cancel():
                 late.future.set_exception(RuntimeError("the batcher is closed"))
 
-    def _run_batch(self, batch: list[_Pending[T]]) -> None:
+    def _run_batch(self, worker: int, batch: list[_Pending[T]]) -> None:
         started = time.monotonic()
         live = [pending for pending in batch if pending.future.set_running_or_notify_cancel()]
         if not live:
@@ -128,7 +140,7 @@ class MicroBatcher(Generic[T, R]):
             groups[self._key(pending.item)].append(pending)
         for group in groups.values():
             try:
-                results = self._run([pending.item for pending in group])
+                results = self._run(worker, [pending.item for pending in group])
                 if len(results) != len(group):
                     raise RuntimeError(f"the batch function returned {len(results)} results for {len(group)} items")
             except Exception as exc:  # the answer of every item of this call; the worker carries on
@@ -137,7 +149,8 @@ class MicroBatcher(Generic[T, R]):
                     pending.future.set_exception(exc)
                 continue
             for pending, result in zip(group, results):
-                pending.future.set_result(Batched(result, len(live), (started - pending.enqueued) * 1000))
-        self._batches += 1
-        self._items += len(live)
-        self._largest = max(self._largest, len(live))
+                pending.future.set_result(Batched(result, len(live), (started - pending.enqueued) * 1000, worker))
+        with self._counts_lock:
+            self._batches += 1
+            self._items += len(live)
+            self._largest = max(self._largest, len(live))

@@ -1,4 +1,4 @@
-"""What the routes share: the engine behind one lock, the search batcher, the photo folders and the click log.
+"""What the routes share: the engines and their locks, the search batcher, the photo folders and the click log.
 
 Created by `create_app` (never at import time) and handed to routes with `Depends`.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -35,21 +37,35 @@ class SearchJob:
     category: str | None
 
 
+def worker_settings(settings: Settings) -> Settings:
+    """The settings of one search worker's engine: with `threads` 0, its share of the CPU cores."""
+    share = max(1, (os.cpu_count() or 1) // settings.search_workers)
+    return settings if settings.threads else settings.replace(threads=share)
+
+
 class Service:
-    """The engine and the server's own state. Every engine call holds `lock`: searches and writes never overlap."""
+    """The engines and the server's own state.
+
+    `search_workers` engines over the one index folder search batches side by side, each in
+    its own batcher thread and behind its own lock; the first also answers reads and writes.
+    A write holds every lock, so searches and writes never overlap; the other engines see it
+    on their next search (through the index's change log).
+    """
 
     def __init__(self, engine: Engine, settings: Settings, *, owns_engine: bool) -> None:
         self.engine = engine
         self.settings = settings
-        self.lock = threading.Lock()
         self._owns_engine = owns_engine
         index = Path(engine.folder.path).resolve()
+        self._replicas = [Engine.open(index, worker_settings(settings)) for _ in range(settings.search_workers - 1)]
+        self._engines = [engine, *self._replicas]
+        self._locks = [threading.Lock() for _ in self._engines]
         self.queries = PhotoFolder(index / "queries")
         self.uploads = PhotoFolder(index / "uploads")
         self.clicks = ClickLog(Path(settings.click_log).resolve() if settings.click_log else index / "clicks.jsonl")
         self.batcher: MicroBatcher[SearchJob, SearchResult] = MicroBatcher(
             self._search_batch, wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
-            key=lambda job: (job.k, job.category), name="snapshop-search-batcher")
+            workers=len(self._engines), key=lambda job: (job.k, job.category), name="snapshop-search")
 
     @property
     def writes_enabled(self) -> bool:
@@ -73,20 +89,35 @@ class Service:
         """Search one photo as part of the next batch."""
         return await asyncio.wrap_future(self.batcher.submit(job))
 
-    async def locked(self, call: Callable[..., V], *args: Any) -> V:
-        """Run an engine call in a worker thread, holding the engine lock."""
+    async def read(self, call: Callable[..., V], *args: Any) -> V:
+        """Run a reading call of `engine` in a worker thread, holding its lock."""
         def run() -> V:
-            with self.lock:
+            with self._locks[0]:
                 return call(*args)
         return await run_in_threadpool(run)
 
-    def _search_batch(self, jobs: list[SearchJob]) -> list[SearchResult]:
-        """The batcher's work: one `Engine.search` for jobs sharing k and category."""
-        with self.lock:
-            return self.engine.search([job.query for job in jobs], k=jobs[0].k, category=jobs[0].category)
+    async def write(self, call: Callable[..., V], *args: Any) -> V:
+        """Run a writing call of `engine` in a worker thread, holding every engine's lock."""
+        def run() -> V:
+            with ExitStack() as held:
+                for lock in self._locks:
+                    held.enter_context(lock)
+                return call(*args)
+        return await run_in_threadpool(run)
+
+    @property
+    def workers(self) -> int:
+        return len(self._engines)
+
+    def _search_batch(self, worker: int, jobs: list[SearchJob]) -> list[SearchResult]:
+        """A batcher worker's work: one `Engine.search` on its engine for jobs sharing k and category."""
+        with self._locks[worker]:
+            return self._engines[worker].search([job.query for job in jobs], k=jobs[0].k, category=jobs[0].category)
 
     def close(self) -> None:
         self.batcher.close()
+        for replica in self._replicas:
+            replica.close()
         if self._owns_engine:
             self.engine.close()
 

@@ -21,8 +21,9 @@ async def health() -> dict[str, str]:
 @router.get("/stats")
 async def stats(service: Service = Depends(get_service)) -> dict[str, Any]:
     """`snapshop stats --json` without server paths, plus the categories and the server's batching counters."""
-    info, categories = await service.locked(lambda: (service.engine.stats(), service.engine.categories))
+    info, categories = await service.read(lambda: (service.engine.stats(), service.engine.categories))
     info.pop("index", None)
     info["categories"] = sorted(categories)
-    info["serve"] = {**service.batcher.stats.to_json(), "writes_enabled": service.writes_enabled}
+    info["serve"] = {**service.batcher.stats.to_json(), "workers": service.workers,
+                     "writes_enabled": service.writes_enabled}
     return info

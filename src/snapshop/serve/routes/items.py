@@ -34,7 +34,7 @@ def public_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _item_or_404(service: Service, item_id: str) -> dict[str, Any]:
-    item = await service.locked(service.engine.item, item_id)
+    item = await service.read(service.engine.item, item_id)
     if item is None:
         raise APIError(404, "unknown_item", f"no item {item_id!r} in the catalog")
     return item
@@ -84,7 +84,7 @@ async def add_item(
     fields = {name: value for name, value in (("title", title), ("price", price), ("url", url)) if value is not None}
     rows = [CatalogRow(line=number, item_id=item_id, image=path, category=(category or "").strip() or None,
                        fields=fields) for number, path in enumerate(paths, start=1)]
-    report = await service.locked(service.engine.add, Catalog(source=Path("POST /items"), rows=rows, errors=[]))
+    report = await service.write(service.engine.add, Catalog(source=Path("POST /items"), rows=rows, errors=[]))
     if report.errors and not report.images:
         raise APIError(400, "not_added", "; ".join(error.reason for error in report.errors))
     item = await _item_or_404(service, item_id)
@@ -95,7 +95,7 @@ async def add_item(
 @router.delete("/items/{item_id:path}", dependencies=[Depends(require_admin)])
 async def delete_item(item_id: str, service: Service = Depends(get_service)) -> dict[str, Any]:
     """Delete an item (admin token); it never appears in results again."""
-    report = await service.locked(service.engine.remove, [item_id])
+    report = await service.write(service.engine.remove, [item_id])
     if not report.removed:
         raise APIError(404, "unknown_item", f"no item {item_id!r} in the catalog")
     return {"removed": report.removed}

@@ -45,7 +45,7 @@ async def search(
     for hit in body["results"]:
         hit["image"] = item_image_url(hit["item_id"])
     body.update(query_id=photo.id, query_image=name, image_size=[photo.width, photo.height],
-                batch={"size": answer.batch_size, "queued_ms": round(answer.queued_ms, 2)})
+                batch={"size": answer.batch_size, "queued_ms": round(answer.queued_ms, 2), "worker": answer.worker})
     return body
 
 
