@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import os
 import threading
 from contextlib import ExitStack
@@ -63,9 +64,10 @@ class Service:
         self.queries = PhotoFolder(index / "queries")
         self.uploads = PhotoFolder(index / "uploads")
         self.clicks = ClickLog(Path(settings.click_log).resolve() if settings.click_log else index / "clicks.jsonl")
+        # max_batch is shared out: a worker that finds a long queue leaves some of it to the others.
         self.batcher: MicroBatcher[SearchJob, SearchResult] = MicroBatcher(
-            self._search_batch, wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
-            workers=len(self._engines), key=lambda job: (job.k, job.category), name="snapshop-search")
+            self._search_batch, wait_ms=settings.batch_wait_ms, max_batch=math.ceil(settings.max_batch / self.workers),
+            workers=self.workers, key=lambda job: (job.k, job.category), name="snapshop-search")
 
     @property
     def writes_enabled(self) -> bool:
