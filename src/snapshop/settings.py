@@ -104,7 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
             secret=True),
     Setting("batch_wait_ms", 5.0, "How long the server waits for more searches to batch with one that arrived alone.",
             float, minimum=0, maximum=1000),
-    Setting("max_batch", 16, "Most searches the server runs at once, shared out among its search workers' batches.",
+    Setting("max_batch", 4, "Most searches the server runs at once, shared out among its search workers' batches.",
             int, minimum=1, maximum=256),
     Setting("search_workers", 2, "Batches the server searches at once, each on its own engine and CNN session.", int,
             minimum=1, maximum=16),
