@@ -72,7 +72,7 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("gap", "gem", "rmac")),
     Setting("whitening", "learned", "Projection fitted on a large catalog: learned (from synthetic views) or pca.", str,
             choices=("learned", "pca")),
-    Setting("shortlist", 200, "Hamming shortlist size R re-ranked by float cosine (per partition and shard).", int,
+    Setting("shortlist", 800, "Hamming shortlist size R re-ranked by float cosine (per partition and shard).", int,
             minimum=1),
     Setting("nprobe", 16, "Inverted lists visited per query in an IVF base segment.", int, minimum=1),
     Setting("shards", 1, "Shards the index is split into by a hash of item_id (a change re-shards on compaction).",
