@@ -6,8 +6,11 @@ Needs the 70k index of `bench/search_speed.py` (run it first). Data, said plainl
 
 * catalog vectors: the 70,000 real Fashion-MNIST embeddings of that index, plus SYNTHETIC
   embeddings drawn to match their distribution: a random real embedding plus Gaussian noise
-  with the per-dimension spread of the real ones (scaled by --noise), re-normalised, in the
-  category of the embedding it came from; codes from the index's own ITQ rotation;
+  with the per-dimension spread of the real ones, re-normalised, in the category of the
+  embedding it came from; the noise is scaled so that a synthetic embedding is as similar to
+  its source as a real embedding is to its nearest real neighbour (median cosine), i.e. the
+  catalog grows by products as alike as the real ones are; codes from the index's own ITQ
+  rotation;
 * queries: embeddings of SIMULATED shopper photos (`build_shopper_queries` on the test split),
   localized and embedded by the full pipeline.
 
@@ -74,6 +77,24 @@ def synthetic(features: np.ndarray, partitions: np.ndarray, count: int, noise: f
     return drawn, rotation.transform(drawn), np.concatenate([c[1] for c in chunks])
 
 
+def calibrated_noise(features: np.ndarray, sample: int = 2000) -> float:
+    """The noise scale whose draws are as similar to their source as real embeddings are to
+    their nearest real neighbour (median cosine over a sample)."""
+    rng = np.random.default_rng(1)
+    probe = features[rng.choice(len(features), sample, replace=False)]
+    flat = faiss.IndexFlatIP(features.shape[1])
+    flat.add(features)
+    target = float(np.median(flat.search(probe, 2)[0][:, 1]))  # [:, 0] is the probe itself
+    spread = features.std(axis=0)
+    low, high = 0.0, 4.0
+    for _ in range(30):
+        noise = (low + high) / 2
+        drawn = l2_normalize(probe + noise * spread * rng.standard_normal(probe.shape).astype(np.float32))
+        low, high = (noise, high) if np.median((drawn * probe).sum(axis=1)) > target else (low, noise)
+    print(f"median cosine of a real embedding to its nearest real neighbour: {target:.3f}; noise scale {noise:.3f}")
+    return noise
+
+
 def write(store: MetadataStore, item_ids: list[str], partitions: np.ndarray, features: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Upsert one image per item, searchable in the same transaction (the engine's write path)."""
     with store.transaction():
@@ -107,7 +128,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/scale"))
     parser.add_argument("--total", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--noise", type=float, default=0.6)
+    parser.add_argument("--noise", type=float, default=None, help="noise scale [default: calibrated, see above]")
     args = parser.parse_args()
     report: dict = {"data": "70,000 real Fashion-MNIST embeddings + SYNTHETIC embeddings drawn around them; "
                             "queries: SIMULATED shopper photos"}
@@ -115,8 +136,10 @@ def main() -> None:
     engine, real = real_vectors(args.source)
     query_features, query_codes = query_vectors(engine, args.source, args.queries)
     real_features = real.features.astype(np.float32)
+    noise = args.noise if args.noise is not None else calibrated_noise(real_features)
+    report["synthetic_noise"] = round(noise, 3)
     drawn, drawn_codes, drawn_parts = synthetic(real_features, np.array(real.partitions), args.total - len(real_features),
-                                                args.noise, engine.codec.rotation)
+                                                noise, engine.codec.rotation)
     features = np.concatenate([real_features, drawn])
     codes = np.concatenate([real.codes, drawn_codes])
     partitions = np.concatenate([np.array(real.partitions), drawn_parts])
@@ -164,8 +187,8 @@ def main() -> None:
     flat_ms = per_query_ms(lambda q: flat.search(query_features[q : q + 1], K), min(50, len(query_features)))
 
     rows = []
-    for nprobe in (8, 16, 32, 64):
-        for shortlist in (100, 200, 400):
+    for nprobe in (16, 64, 256):
+        for shortlist in (200, 800, 1600):
             index.params = replace(index.params, nprobe=nprobe)
             found = index.search(query_codes, query_features, shortlist).image_ids
             ms = per_query_ms(lambda q: index.search(query_codes[q : q + 1], query_features[q : q + 1], shortlist),
@@ -204,7 +227,7 @@ def main() -> None:
 
     # --- live updates at this scale ------------------------------------------------------------------
     rng = np.random.default_rng(5)
-    new_features, new_codes, new_parts = synthetic(real_features, np.array(real.partitions), 10_000, args.noise,
+    new_features, new_codes, new_parts = synthetic(real_features, np.array(real.partitions), 10_000, noise,
                                                    engine.codec.rotation, seed=9)
     began = time.perf_counter()
     new_ids = write(store, [f"new{i}" for i in range(10_000)], new_parts, new_features, new_codes)

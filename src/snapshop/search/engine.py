@@ -50,6 +50,7 @@ MAX_HELD_OUT = 2000
 MIN_IMAGES_PER_CATEGORY = 3
 MAX_VIEWS = 3000
 MIN_VIEWS = 20
+KNN_SHORTLIST_PER_VOTE = 10  # Hamming candidates per kNN vote re-ranked for the category vote
 
 
 @dataclass
@@ -446,7 +447,7 @@ class Engine:
             return [[forced]] * len(ok)
         if model is None or len(model.classes) == 0:
             return [None] * len(ok)
-        knn = self.index.search(codes, features, self.settings.shortlist)
+        knn = self.index.search(codes, features, min(self.settings.shortlist, KNN_SHORTLIST_PER_VOTE * self.settings.category_knn))
         top = knn.image_ids[:, : self.settings.category_knn]
         class_of = {name: i for i, name in enumerate(model.classes)}
         labels = np.vectorize(lambda name: class_of.get(name, -1), otypes=[np.int64])(
@@ -473,21 +474,23 @@ class Engine:
         shortlist = max(self.settings.shortlist, 2 * k)
         for names, rows in groups.items():
             candidates = self.index.search(codes[rows], features[rows], shortlist, list(names) if names else None)
-            info = self.store.image_info(candidates.image_ids[candidates.image_ids >= 0])
             for row, ids, scores in zip(rows, candidates.image_ids, candidates.scores):
-                results[ok[row]].results = self._hits(ids, scores, k, info)
+                results[ok[row]].results = self._hits(ids, scores, k)
                 results[ok[row]].searched_categories = list(names) if names else self.categories
                 if explain:
                     results[ok[row]].explain = candidates.explain
 
-    def _hits(self, image_ids: np.ndarray, scores: np.ndarray, k: int, info: dict[int, ImageInfo]) -> list[Hit]:
+    def _hits(self, image_ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
         """One hit per item, best image first, at most k; images deleted since the index
-        last caught up are skipped."""
+        last caught up are skipped. Looks up only as many candidates as it needs."""
         hits: list[Hit] = []
         seen: set[str] = set()
-        for image_id, score in zip(image_ids, scores):
+        info: dict[int, ImageInfo] = {}
+        for position, (image_id, score) in enumerate(zip(image_ids, scores)):
             if image_id < 0 or len(hits) == k:
                 break
+            if position % (4 * k) == 0:  # the next block of candidates, in one query
+                info = self.store.image_info(image_ids[position : position + 4 * k][image_ids[position : position + 4 * k] >= 0])
             image = info.get(int(image_id))
             if image is None or image.item_id in seen:
                 continue
