@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
-PARALLEL_FROM_QUERIES = 16  # batches this large let faiss use its OpenMP threads
 
 
 @dataclass(frozen=True)
@@ -342,7 +341,7 @@ class LiveIndex:
         failures = []
         for replica in replicas[first:] + replicas[:first]:
             try:
-                with _faiss_threads(1 if len(codes) < PARALLEL_FROM_QUERIES else 0):
+                with _one_faiss_thread():
                     hits = replica.search(codes, features, shortlist, self.params.nprobe, partitions)
             except Exception as exc:  # noqa: BLE001 - any replica fault is survivable while another answers
                 log.warning("shard %d: a replica failed (%s); asking another", replica.shard, exc)
@@ -408,14 +407,12 @@ class LiveIndex:
 
 
 @contextmanager
-def _faiss_threads(count: int) -> Iterator[None]:
-    """faiss's OpenMP threads for this thread's calls (0: leave as is). A few queries are
-    answered faster by one thread: OpenMP workers spin and fight over busy cores."""
-    if not count:
-        yield
-        return
+def _one_faiss_thread() -> Iterator[None]:
+    """One OpenMP thread for this thread's faiss searches: spinning OpenMP workers fight over
+    busy cores (measured on 2 cores with other work running: 33 ms a query in batches of 32
+    with two threads, 9 ms with one); parallelism comes from shards and concurrent queries."""
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(count)
+    faiss.omp_set_num_threads(1)
     try:
         yield
     finally:
