@@ -96,9 +96,6 @@ class BaseSegment:
             return cls(name, rows, faiss.read_index_binary(str(ivf_file), faiss.IO_FLAG_MMAP), "ivf", train_distance)
         return cls(name, rows, flat_index(rows, bits), "flat", 0.0)
 
-    def files(self, folder: Path) -> list[Path]:
-        return [path for path in folder.glob(f"{self.name}.*")]
-
     def search(self, codes: np.ndarray, count: int, nprobe: int) -> np.ndarray:
         """Ids of the `count` nearest codes per query (-1 pads)."""
         if not len(self.rows) or count <= 0:

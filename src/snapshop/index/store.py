@@ -223,10 +223,6 @@ class MetadataStore:
         images = [r[0] for r in self._read.execute("SELECT source FROM images WHERE item_id = ? ORDER BY image_id", (item_id,))]
         return {"item_id": item_id, "category": row[0], "images": images, **json.loads(row[1])}
 
-    def image_source(self, image_id: int) -> str | None:
-        row = self._read.execute("SELECT source FROM images WHERE image_id = ?", (image_id,)).fetchone()
-        return row[0] if row else None
-
     def image_info(self, image_ids: Iterable[int]) -> dict[int, ImageInfo]:
         """Item, category and source of the images that still exist."""
         found: dict[int, ImageInfo] = {}
