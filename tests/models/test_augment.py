@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import product_image
-from snapshop.models.augment import generic_photos, jitter_box, object_alpha, synthetic_view
+from snapshop.models.augment import (cut_out, generic_photos, is_clean_shot, jitter_box, object_alpha, product_box,
+                                     synthetic_view)
 from snapshop.models.encoder import ImageEncoder
 from snapshop.models.fitting import describe_views
 from snapshop.models.localize import box_iou
@@ -22,6 +24,35 @@ def test_object_alpha_separates_the_product_from_its_white_background():
 def test_a_photo_that_is_not_a_clean_shot_is_one_opaque_rectangle():
     noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     assert object_alpha(noisy).min() == 1.0
+
+
+def test_a_product_touching_the_edges_is_still_a_clean_shot_and_a_scene_is_not():
+    tall = Image.new("RGB", (120, 120), "white")
+    tall.paste((30, 60, 150), (40, 0, 80, 120))  # trousers fill the height of their shot
+    assert is_clean_shot(tall) and product_box(tall) == [40, 0, 80, 120]
+    scene = generic_photos()[0]
+    assert not is_clean_shot(scene) and product_box(scene) is None
+    assert object_alpha(scene).min() == 1.0
+
+
+def test_product_box_peels_a_backdrop_inside_a_backdrop():
+    print_on_table = Image.new("RGB", (300, 200), (200, 190, 170))
+    print_on_table.paste(product_image("square", 0, size=100), (150, 50))  # a catalog print lying on a table
+    x0, y0, x1, y1 = product_box(print_on_table)
+    assert (x0, y0) == pytest.approx((150 + 19, 50 + 19), abs=2) and (x1, y1) == pytest.approx((150 + 81, 50 + 81), abs=2)
+
+
+def test_cut_out_takes_the_white_fringe_out_of_the_product_edge():
+    shot = Image.new("RGB", (28, 28), "white")
+    shot.paste((20, 40, 160), (7, 7, 21, 21))
+    soft = shot.resize((224, 224), Image.BILINEAR)  # a small shot blown up: a soft outline, 8 pixels wide
+    colour, alpha = cut_out(soft)
+    colour, alpha = np.asarray(colour, np.float32), np.asarray(alpha) / 255.0
+    fringe = (alpha > 0.05) & (alpha < 0.95)
+    assert fringe.any()
+    raw = np.asarray(soft, np.float32)
+    # in the fringe, the cut-out colour is the product's own, not the light mix of the shot
+    assert np.abs(colour[fringe] - [20, 40, 160]).max(axis=1).mean() < 0.5 * np.abs(raw[fringe] - [20, 40, 160]).max(axis=1).mean()
 
 
 def test_synthetic_view_records_where_the_product_went():
@@ -62,6 +93,8 @@ def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone):
     catalog = [product_image(shape, variant) for shape in ("circle", "square", "triangle") for variant in range(4)]
     views = describe_views(encoder, catalog * 3, np.arange(36), seed=1)
     assert views.descriptors.shape == (36, 1280)
+    for described in (views.truth, views.found, views.catalog):
+        assert described.pooled.shape == (36, 1280) and described.layout.shape == (36, 9 * 1280)
     rng = np.random.default_rng(11)
     scenes = generic_photos()
     shots = [synthetic_view(image, scenes[int(rng.integers(len(scenes)))], rng) for image in catalog * 2]

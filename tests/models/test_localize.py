@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from snapshop.models.encoder import ImageEncoder
-from snapshop.models.localize import Box, box_iou, find_boxes
+from snapshop.models.encoder import CROP_MARGIN, ImageEncoder, crop
+from snapshop.models.localize import Box, ObjectnessModel, box_iou, find_boxes
 
 WIDTH, HEIGHT = 480, 360
 
@@ -101,6 +101,38 @@ def test_locate_without_localization_returns_the_whole_image_and_runs_no_model()
     encoder = ImageEncoder(NoModel(), pooling="gem", detect_size=320, box_threshold=0.5, localize=False)
     boxes = encoder.locate([Image.new("RGB", (300, 200)), Image.new("RGB", (50, 80))])
     assert [[b.as_list() for b in found] for found in boxes] == [[[0, 0, 300, 200]], [[0, 0, 50, 80]]]
+
+
+def test_a_clean_shot_is_located_without_the_model():
+    class NoModel:
+        def feature_maps(self, *args, **kwargs):
+            raise AssertionError("a clean shot needs no backbone pass")
+
+    shot = Image.new("RGB", (300, 200), "white")
+    shot.paste((200, 30, 40), (100, 40, 160, 190))
+    encoder = ImageEncoder(NoModel(), pooling="gem", detect_size=320, box_threshold=0.5)
+    assert [b.as_list() for b in encoder.locate([shot])[0]] == [[100, 40, 160, 190]]
+
+
+def test_objectness_that_sees_no_product_gives_the_whole_photo():
+    model = ObjectnessModel()
+    model.coef_, model.intercept_ = np.ones(4, np.float32), -10.0  # every cell below 0.5
+    boxes = model.boxes(blob_map([(slice(2, 4), slice(2, 4), 2.0)]), (640, 480))
+    assert [box.as_list() for box in boxes] == [[0, 0, 640, 480]] and boxes[0].score < 0.5
+    model.intercept_ = -5.0  # now the blob's cells are products, the rest not
+    main = model.boxes(blob_map([(slice(2, 4), slice(2, 4), 2.0)]), (640, 480))[0]
+    assert box_iou(main.as_list(), [128, 96, 256, 192]) > 0.4
+
+
+def test_crop_keeps_the_aspect_with_a_margin_and_stays_inside():
+    photo = Image.new("RGB", (640, 480))
+    tall = crop(photo, [300, 100, 340, 300])  # a 40 x 200 box: trousers
+    side = round(200 * (1 + 2 * CROP_MARGIN))
+    assert tall.size == (side, side)
+    assert crop(photo, [600, 0, 640, 200]).size == (side, side)  # shifted inside at the edge
+    assert crop(photo, [0, 0, 640, 480]).size == (640, 480)  # the whole photo stays whole
+    assert crop(photo, [20, 200, 620, 260]).size == (640, 480)  # as square as the photo allows
+    assert crop(photo, [10, 10, 12, 12]).size == (640, 480)  # a degenerate box: the whole photo
 
 
 def test_describe_gives_unit_descriptors(encoder):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from snapshop.models.encoder import Codec
-from snapshop.models.pooling import gap, gem, l2_normalize, pool, rmac
+from snapshop.models.pooling import gap, gem, l2_normalize, layout, pool, rmac
 from snapshop.models.projection import ITQ, PCAWhitening, load_arrays, save_arrays
 
 
@@ -162,6 +162,24 @@ def test_rmac_weighs_a_strong_local_region_more_than_gap():
     maps[0, 1] += 0.5  # channel 1 is uniformly a little higher
     ratio = lambda pooled: pooled[0, 0] / pooled[0, 1]  # noqa: E731
     assert ratio(rmac(maps)) > 1.2 * ratio(gap(maps))
+
+
+@pytest.mark.parametrize("grid", [(7, 7), (14, 10), (2, 1)])
+def test_layout_is_one_unit_gem_per_cell_of_a_3x3_grid(grid):
+    maps = np.random.default_rng(0).random((2, 16, *grid)).astype(np.float32)
+    described = layout(maps)
+    assert described.shape == (2, 9 * 16) and described.dtype == np.float32
+    assert np.allclose(np.linalg.norm(described, axis=1), 1.0, atol=1e-5)
+    cells = described.reshape(2, 9, 16)
+    assert np.allclose(np.linalg.norm(cells, axis=2), 1 / 3, atol=1e-5)  # every cell counts the same
+
+
+def test_layout_tells_where_things_are_and_gem_does_not():
+    top, bottom = np.zeros((1, 4, 6, 6), np.float32), np.zeros((1, 4, 6, 6), np.float32)
+    top[:, 0, :2], bottom[:, 0, 4:] = 1.0, 1.0  # the same thing, at the top or at the bottom
+    top[:, 1], bottom[:, 1] = 0.5, 0.5
+    assert np.allclose(gem(top), gem(bottom))
+    assert float((layout(top) @ layout(bottom).T)[0, 0]) < 0.9
 
 
 def test_unknown_pooling():

@@ -1,7 +1,9 @@
 """From RGB images to descriptors, float embeddings and binary codes.
 
 `ImageEncoder` runs the backbone twice per photo: once on the whole photo to find the
-objects (localization), once on the chosen crop to describe it (pooled descriptor).
+objects (localization), once on the chosen crop to describe it (pooled descriptor, and the
+regional layout the category classifier reads). A clean shot (a product on a plain
+backdrop, as in most catalogs) needs no model to find its product.
 `Codec` maps descriptors to the index's compact float vectors (PCA-whitening) and binary
 codes (ITQ); it is fitted on the catalog, or on a generic image set when the catalog is
 too small.
@@ -17,15 +19,16 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from snapshop.models.augment import generic_photos
+from snapshop.models.augment import generic_photos, product_box
 from snapshop.models.backbone import Backbone
 from snapshop.models.localize import Box, ObjectnessModel, find_boxes
-from snapshop.models.pooling import pool
+from snapshop.models.pooling import layout, pool
 from snapshop.models.projection import ITQ, LearnedWhitening, PCAWhitening, load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 
 GENERIC_CROPS_PER_IMAGE = 32
+CROP_MARGIN = 0.1
 GENERIC_SET_VERSION = 2  # bump when generic_images/ changes, to invalidate cached descriptors
 
 
@@ -44,27 +47,69 @@ class ImageEncoder:
     def locate(self, images: Sequence[Image.Image]) -> list[list[Box]]:
         """Boxes per image, main object first (one backbone pass at `detect_size`).
 
-        The fitted objectness model finds them when there is one, SCDA otherwise; with
-        localization off, the box is the whole image and no pass is run.
+        In a clean shot the product is what differs from the plain backdrop. Otherwise the
+        fitted objectness model finds the products when there is one (the whole photo when
+        it sees none), SCDA when there is not; with localization off, the box is the whole
+        image and no pass is run.
         """
         if not self.localize:
             return [[Box(0, 0, image.width, image.height, 1.0)] for image in images]
-        maps = self.backbone.feature_maps(images, self.detect_size)
-        if self.objectness is not None:
-            return [self.objectness.boxes(m, image.size, threshold=self.box_threshold) for m, image in zip(maps, images)]
-        return [find_boxes(m, image.size, threshold=self.box_threshold) for m, image in zip(maps, images)]
+        found: list[list[Box] | None] = []
+        for image in images:
+            box = product_box(image)
+            found.append(None if box is None else [Box(*box, 1.0)])
+        scenes = [position for position, boxes in enumerate(found) if boxes is None]
+        maps = self.backbone.feature_maps([images[p] for p in scenes], self.detect_size) if scenes else []
+        for position, feature_map in zip(scenes, maps):
+            size = images[position].size
+            found[position] = (self.objectness.boxes(feature_map, size, threshold=self.box_threshold)
+                               if self.objectness is not None else
+                               find_boxes(feature_map, size, threshold=self.box_threshold))
+        return found
 
     def describe(self, images: Sequence[Image.Image]) -> np.ndarray:
         """L2-normalised pooled descriptors, N x C float32."""
         return pool(self.backbone.feature_maps(images), self.pooling)
 
+    def describe_regions(self, images: Sequence[Image.Image]) -> "Descriptions":
+        """Pooled descriptors and regional layouts of the same backbone pass."""
+        maps = self.backbone.feature_maps(images)
+        return Descriptions(pool(maps, self.pooling), layout(maps))
+
+
+@dataclass
+class Descriptions:
+    """Per image: the pooled descriptor (N x C, what the index stores) and the regional
+    layout (N x 9C, what the category classifier reads)."""
+
+    pooled: np.ndarray
+    layout: np.ndarray
+
 
 def crop(image: Image.Image, box: Box | Sequence[int]) -> Image.Image:
-    """The part of the image inside a box (clipped to the image)."""
+    """The part of the image around a box, widened to a square where the image allows.
+
+    The backbone sees a square; a box stretched to one would distort the product's shape
+    (trousers would look like a skirt), so the crop keeps the aspect and shows more of
+    the product's surroundings on its narrow side instead. A margin of `CROP_MARGIN` of the
+    box's side shows the product's outline against what is behind it.
+    """
     x0, y0, x1, y1 = box.as_list() if isinstance(box, Box) else box
     x0, y0 = max(0, int(x0)), max(0, int(y0))
     x1, y1 = min(image.width, int(x1)), min(image.height, int(y1))
-    return image if x1 - x0 < 4 or y1 - y0 < 4 else image.crop((x0, y0, x1, y1))
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return image
+    side = round(max(x1 - x0, y1 - y0) * (1 + 2 * CROP_MARGIN))
+    x0, x1 = _widen(x0, x1, side, image.width)
+    y0, y1 = _widen(y0, y1, side, image.height)
+    return image if (x0, y0, x1, y1) == (0, 0, image.width, image.height) else image.crop((x0, y0, x1, y1))
+
+
+def _widen(start: int, stop: int, target: int, limit: int) -> tuple[int, int]:
+    """The span [start, stop) grown evenly to `target` (at most `limit`), shifted to stay inside."""
+    size = min(max(stop - start, target), limit)
+    start = max(0, min((start + stop - size) // 2, limit - size))
+    return start, start + size
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Synthetic views of a catalog, described for fitting: objectness, whitening, classifier.
 
 For a sample of catalog images, `describe_views` composes one synthetic view each
-(`models.augment`), runs the localization pass on it to accumulate the objectness model,
-and describes the view's (jittered) product box like a query crop. The descriptors pair
-each sampled catalog image with a query-like view of itself.
+(`models.augment`) and runs the localization pass on it; views of clean shots, whose
+product masks are exact, accumulate the objectness model. Each view is then described twice, like a query: on its (jittered) true product
+box, and on the box the objectness model fitted so far finds in it, which is the crop a
+shopper's photo will actually get, misses included. The catalog image itself is described
+too, so the classifier learns from catalog shots and views alike.
 """
 
 from __future__ import annotations
@@ -15,33 +17,62 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from snapshop.models.augment import generic_photos, jitter_box, synthetic_view
-from snapshop.models.encoder import ImageEncoder, crop
-from snapshop.models.localize import ObjectnessModel
+from snapshop.models.augment import generic_photos, is_clean_shot, jitter_box, synthetic_view
+from snapshop.models.encoder import Descriptions, ImageEncoder, crop
+from snapshop.models.localize import ObjectnessModel, find_boxes
 
 BATCH = 64
 
 
 @dataclass
 class CatalogViews:
-    """Descriptors of views; `rows[i]` is the catalog row that view i shows."""
+    """Descriptions of views; `rows[i]` is the catalog row that view i shows.
+
+    `truth`: crops of the views' (jittered) true boxes; `found`: crops of the boxes the
+    localizer found; `catalog`: the catalog images the views show, located as at indexing.
+    """
 
     rows: np.ndarray
-    descriptors: np.ndarray
-    objectness: ObjectnessModel
+    truth: Descriptions
+    found: Descriptions
+    catalog: Descriptions
+    objectness: ObjectnessModel | None  # None when no clean shot showed what a product looks like
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """Pooled descriptors of the true-box crops (one per view)."""
+        return self.truth.pooled
 
 
 def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: np.ndarray, *, seed: int = 0,
                    progress: bool = False) -> CatalogViews:
-    """One synthetic view per image: objectness statistics and a descriptor of its product crop."""
+    """One synthetic view per image: objectness statistics and descriptions of its product crops."""
     rng = np.random.default_rng(seed)
     scenes = generic_photos()
     objectness = ObjectnessModel()
-    descriptors = []
+    parts: dict[str, list[Descriptions]] = {"truth": [], "found": [], "catalog": []}
     for start in tqdm(range(0, len(images), BATCH), desc="synthetic views", unit="batch", disable=not progress):
-        views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng) for image in images[start : start + BATCH]]
+        batch = images[start : start + BATCH]
+        views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng) for image in batch]
         maps = encoder.backbone.feature_maps([view.image for view in views], encoder.detect_size)
-        objectness.partial_fit(maps, [view.mask for view in views])
-        crops = [crop(view.image, jitter_box(view.box, view.image.size, rng)) for view in views]
-        descriptors.append(encoder.describe(crops))
-    return CatalogViews(rows=np.asarray(rows), descriptors=np.concatenate(descriptors), objectness=objectness.solve())
+        # Boxes from the model fitted on the views before this batch: out of sample, as for a query.
+        current = objectness if objectness.can_solve else encoder.objectness
+        found = [_main_box(current, m, view.image.size) for m, view in zip(maps, views)]
+        clean = [i for i, image in enumerate(batch) if is_clean_shot(image)]  # a product's true silhouette
+        objectness.partial_fit(maps[clean], [views[i].mask for i in clean])
+        if objectness.can_solve:
+            objectness.solve()
+        parts["truth"].append(encoder.describe_regions(
+            [crop(view.image, jitter_box(view.box, view.image.size, rng)) for view in views]))
+        parts["found"].append(encoder.describe_regions([crop(view.image, box) for view, box in zip(views, found)]))
+        parts["catalog"].append(encoder.describe_regions(
+            [crop(image, boxes[0]) for image, boxes in zip(batch, encoder.locate(batch))]))
+    joined = {name: Descriptions(np.concatenate([d.pooled for d in described]),  # layouts in half precision:
+                                 np.concatenate([d.layout.astype(np.float16) for d in described]))  # 9x the size
+              for name, described in parts.items()}
+    return CatalogViews(rows=np.asarray(rows), objectness=objectness if objectness.can_solve else None, **joined)
+
+
+def _main_box(objectness: ObjectnessModel | None, feature_map: np.ndarray, size: tuple[int, int]) -> list[int]:
+    boxes = objectness.boxes(feature_map, size) if objectness is not None else find_boxes(feature_map, size)
+    return boxes[0].as_list()

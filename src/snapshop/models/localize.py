@@ -107,8 +107,13 @@ class ObjectnessModel:
                     self._scatter = (0 if self._scatter is None else self._scatter) + picked.T @ picked
         return self
 
+    @property
+    def can_solve(self) -> bool:
+        """Whether both object and background cells have been seen."""
+        return min(self._counts.values()) > 0
+
     def solve(self) -> "ObjectnessModel":
-        if min(self._counts.values()) == 0:
+        if not self.can_solve:
             raise ValueError("objectness needs both object and background cells")
         means = {label: self._sums[label] / self._counts[label] for label in (True, False)}
         total = self._counts[True] + self._counts[False]
@@ -127,10 +132,14 @@ class ObjectnessModel:
 
     def boxes(self, feature_map: np.ndarray, image_size: tuple[int, int], *, threshold: float = 0.5,
               max_boxes: int = 5) -> list[Box]:
-        """Boxes of the products in one image, main product first."""
-        probability = np.clip(_upsample(self.probability(feature_map)), 0.0, 1.0)
-        cutoff = 0.5 if probability.max() > 0.5 else probability.mean() + THRESHOLD_STD * probability.std()
-        return boxes_from_map(probability, image_size, cutoff=cutoff, threshold=threshold, max_boxes=max_boxes)
+        """Boxes of the products in one image, main product first: the regions where a product
+        is more likely than not. Where no cell is, the photo shows no product the model knows
+        (or all of one): the box is the whole photo, scored with the highest cell probability."""
+        cells = self.probability(feature_map)
+        if cells.max() <= 0.5:
+            return [Box(0, 0, *image_size, round(float(cells.max()), 4))]
+        probability = np.clip(_upsample(cells), 0.0, 1.0)
+        return boxes_from_map(probability, image_size, cutoff=0.5, threshold=threshold, max_boxes=max_boxes)
 
 
 def _upsample(grid: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Pooling of a CNN feature map (N x C x h x w) into one descriptor per image (N x C).
 
 GAP averages, GeM takes a generalized mean (p=3, Radenovic et al.), R-MAC sums
-L2-normalised max-pooled regions over three scales (Tolias et al.).
+L2-normalised max-pooled regions over three scales (Tolias et al.). `layout` keeps where
+things are: the GeM of each cell of a 3 x 3 grid, side by side, for the category
+classifier (a product's kind shows in its shape: sleeves, legs, a heel, a handle).
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ def rmac(maps: np.ndarray, levels: int = 3) -> np.ndarray:
                 region = maps[:, :, top : top + side, left : left + side].max(axis=(2, 3))
                 total += region / (np.linalg.norm(region, axis=1, keepdims=True) + EPS)
     return total
+
+
+def layout(maps: np.ndarray, grid: int = 3) -> np.ndarray:
+    """GeM of each cell of a `grid` x `grid` split of the map, each L2-normalised, concatenated
+    and L2-normalised again: N x (grid * grid * C) float32."""
+    cells = [gem(maps[:, :, rows, cols]) for rows in _spans(maps.shape[2], grid) for cols in _spans(maps.shape[3], grid)]
+    return l2_normalize(np.concatenate([l2_normalize(cell.astype(np.float32)) for cell in cells], axis=1))
+
+
+def _spans(length: int, count: int) -> list[slice]:
+    """`count` consecutive slices covering 0..length, none empty (they overlap when length < count)."""
+    return [slice(min(i * length // count, length - 1), max((i + 1) * length // count, i * length // count + 1))
+            for i in range(count)]
 
 
 def _starts(length: int, side: int, count: int) -> list[int]:
