@@ -33,14 +33,14 @@ def outcome(tmp_path_factory, make_settings):
 
 def test_pipeline_beats_the_whole_photo_baseline(outcome):
     pipeline, baseline = outcome["pipeline"], outcome["baseline"]
-    assert pipeline["recall@10"] >= baseline["recall@10"] + 0.1
-    assert pipeline["recall@1"] >= baseline["recall@1"]
+    assert pipeline["recall@10"] >= baseline["recall@10"] + 0.2  # measured 0.525 vs 0.188
+    assert pipeline["recall@1"] >= baseline["recall@1"] + 0.05  # measured 0.200 vs 0.050
 
 
 def test_category_and_box_are_better_than_chance(outcome):
     pipeline = outcome["pipeline"]
-    assert pipeline["category_accuracy"] >= 0.35  # 10 categories: chance is 0.1
-    assert pipeline["box_iou"] >= 0.3
+    assert pipeline["category_accuracy"] >= 0.42  # 10 categories: chance is 0.1; measured 0.51
+    assert pipeline["box_iou"] >= 0.35  # measured 0.42
 
 
 def test_every_query_is_answered_with_timings(outcome):

@@ -35,7 +35,8 @@ from snapshop.index.live import IndexParams, LiveIndex
 from snapshop.index.store import ImageInfo, MetadataStore, NewImage
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
-from snapshop.models.encoder import Codec, ImageEncoder, crop, generic_descriptors
+from snapshop.models.augment import is_clean_shot
+from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, crop, generic_descriptors
 from snapshop.models.fitting import CatalogViews, describe_views
 from snapshop.models.localize import Box, ObjectnessModel
 from snapshop.models.projection import load_arrays, save_arrays
@@ -263,11 +264,19 @@ class Engine:
     def _refit(self, *, progress: bool) -> None:
         """Fit objectness, codec and category model on the whole catalog; re-encode every image."""
         ids, descriptors, categories = self.store.descriptors()
+        first_objectness = self.encoder.objectness is None
         views = self._catalog_views(ids, progress=progress)
-        if views is not None:
+        if views is not None and views.objectness is not None:
             objectness = views.objectness
             self.store.save_fitted("objectness", save_arrays(coef=objectness.coef_, intercept=np.array(objectness.intercept_)),
                                    {"fitted_on": len(views.rows)})
+            self.encoder.objectness = objectness
+            renamed = self._relocate_scenes(progress=progress) if first_objectness else {}
+            if renamed:
+                earlier = ids[views.rows]
+                ids, descriptors, categories = self.store.descriptors()
+                row_of = {int(image_id): row for row, image_id in enumerate(ids)}
+                views.rows = np.array([row_of[renamed.get(int(image_id), int(image_id))] for image_id in earlier])
         self.codec = self._fit_codec(descriptors, views)
         self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
         self.store.set_vectors(ids, *self.codec.encode(descriptors), reset=True)
@@ -293,7 +302,9 @@ class Engine:
         dim, bits = self.manifest.dim, self.manifest.bits
         if len(descriptors) >= max(self.settings.min_fit_images, 2 * dim):
             if views is not None and self.settings.whitening == "learned":
-                pairs = (descriptors[views.rows], views.descriptors)
+                # Each catalog image matches its view twice: on the true box and on the box found.
+                pairs = (descriptors[np.concatenate([views.rows, views.rows])],
+                         np.concatenate([views.truth.pooled, views.found.pooled]))
                 return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog, learned whitening", pairs=pairs)
             return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog")
         log.info("catalog of %d images is too small to fit the projection; using the generic image set", len(descriptors))
@@ -301,38 +312,65 @@ class Engine:
         return Codec.fit(generic, dim=dim, bits=bits, source="generic")
 
     def _fit_category_model(self, descriptors: np.ndarray, labels: np.ndarray, views: CatalogViews | None) -> None:
-        """Train the classifier on catalog labels (images and their views); choose alpha on held-out views."""
+        """Train the classifier on catalog labels; choose alpha on held-out images.
+
+        With views, the classifier reads regional layouts of catalog images and of their views
+        (true and found boxes), and alpha is chosen on the found-box crops of held-out images'
+        views, the crops queries get. A catalog too small for views trains on its pooled
+        descriptors and chooses alpha on them."""
         classes, counts = np.unique(labels[labels != ""], return_counts=True)
         alpha, classifier = 0.0, None
         if len(classes) >= 2 and counts.min() >= MIN_IMAGES_PER_CATEGORY:
             truth = np.full(len(labels), -1)
             labelled = np.flatnonzero(labels != "")
             truth[labelled] = np.searchsorted(classes, labels[labelled])
-            view_rows = views.rows if views is not None else np.zeros(0, int)
-            view_descriptors = views.descriptors if views is not None else descriptors[:0]
             held_idx, train_idx = _split(len(labelled), truth[labelled])
             held, train = labelled[held_idx], labelled[train_idx]
-            in_train = np.isin(view_rows, train) & (truth[view_rows] >= 0)
-            in_held = np.isin(view_rows, held) & (truth[view_rows] >= 0)
-            held_clf = CategoryClassifier().fit(np.concatenate([descriptors[train], view_descriptors[in_train]]),
-                                                np.concatenate([truth[train], truth[view_rows[in_train]]]))
-            if in_held.sum() >= MIN_VIEWS:  # query-like held-out set
-                probe, probe_truth = view_descriptors[in_held], truth[view_rows[in_held]]
+            if views is not None:
+                shown = truth[views.rows]  # the category of the catalog image each view shows
+                in_held = np.isin(views.rows, held) & (shown >= 0)
+                examples = lambda rows: _layout_examples(views, np.isin(views.rows, rows) & (shown >= 0), shown)
+                probe, probe_pooled, probe_truth = views.found.layout[in_held], views.found.pooled[in_held], shown[in_held]
             else:
-                probe, probe_truth = descriptors[held], truth[held]
+                examples = lambda rows: (descriptors[rows], truth[rows])
+                probe, probe_pooled, probe_truth = descriptors[held], descriptors[held], truth[held]
+            held_clf = CategoryClassifier().fit(*examples(train))
             p_model = _expand(held_clf, held_clf.predict_proba(probe), len(classes))
-            sims = self.codec.encode(probe)[0] @ self.codec.encode(descriptors[train])[0].T
+            sims = self.codec.encode(probe_pooled)[0] @ self.codec.encode(descriptors[train])[0].T
             nearest = np.argsort(-sims, axis=1)[:, : self.settings.category_knn]
             p_search = knn_vote(truth[train][nearest], np.take_along_axis(sims, nearest, 1), classes)
-            alpha = choose_alpha(p_model, p_search, probe_truth)
-            usable = truth[view_rows] >= 0
-            classifier = CategoryClassifier().fit(np.concatenate([descriptors[labelled], view_descriptors[usable]]),
-                                                  np.concatenate([truth[labelled], truth[view_rows[usable]]]))
+            alpha = choose_alpha(p_model, p_search, probe_truth) if len(probe_truth) else 0.5
+            classifier = CategoryClassifier().fit(*examples(labelled))
             log.info("category model: %d classes, alpha=%.2f", len(classes), alpha)
         arrays = {"classes": classes.astype(str)}
         if classifier is not None:
             arrays.update(coef=classifier.coef_, intercept=classifier.intercept_)
         self.store.save_fitted("category", save_arrays(**arrays), {"alpha": alpha, "fitted_on": len(labels)})
+
+    def _relocate_scenes(self, *, progress: bool) -> dict[int, int]:
+        """Locate and describe again, with the objectness model just fitted, the catalog photos
+        that are not clean shots (SCDA located them before there was a model; a clean shot's
+        box needs no model). Returns {old image id: new image id} of the images replaced."""
+        sources: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for image_id, item_id, source in self.store.image_rows():
+            sources[item_id].append((image_id, source))
+        renamed: dict[int, int] = {}
+        for item_id, stored in tqdm(sources.items(), desc="re-locating", unit="item", disable=not progress):
+            try:
+                images = [self.load(source) for _, source in stored]
+            except SnapshopError:
+                continue  # keep the item as it was indexed
+            if all(is_clean_shot(image) for image in images):
+                continue
+            boxes = [found[0] for found in self.encoder.locate(images)]
+            described = self.encoder.describe([crop(image, box) for image, box in zip(images, boxes)])
+            item = self.store.item(item_id)
+            fields = {key: value for key, value in item.items() if key not in ("item_id", "category", "images")}
+            new_ids = self.store.upsert_item(item_id, item["category"], fields, [
+                NewImage(item_id, source, box.as_list(), descriptor)
+                for (_, source), box, descriptor in zip(stored, boxes, described)])
+            renamed.update((old, new) for (old, _), new in zip(stored, new_ids))
+        return renamed
 
     # --- reading state -------------------------------------------------------------------
 
@@ -427,8 +465,8 @@ class Engine:
             for p in ok:
                 results[p].boxes = [given[p]] if p in given else found[p]
         with timer("embed"):
-            descriptors = self.encoder.describe([crop(images[p], results[p].boxes[0]) for p in ok])
-            features, codes = self.codec.encode(descriptors)
+            descriptors = self.encoder.describe_regions([crop(images[p], results[p].boxes[0]) for p in ok])
+            features, codes = self.codec.encode(descriptors.pooled)
         with timer("category"):
             partitions = self._choose_partitions(results, ok, descriptors, features, codes, category)
         with timer("search"):
@@ -437,7 +475,7 @@ class Engine:
             results[p].timing_ms = timer.per_query(len(ok))
         return results
 
-    def _choose_partitions(self, results: list[SearchResult], ok: list[int], descriptors: np.ndarray,
+    def _choose_partitions(self, results: list[SearchResult], ok: list[int], descriptors: Descriptions,
                            features: np.ndarray, codes: np.ndarray, forced: str | None) -> list[list[str] | None]:
         """Per query, the categories to search (None = all), filling in the category prediction."""
         model = self.category_model
@@ -453,7 +491,8 @@ class Engine:
         labels = np.vectorize(lambda name: class_of.get(name, -1), otypes=[np.int64])(
             knn.partitions[:, : self.settings.category_knn]) if top.size else np.zeros(top.shape, np.int64)
         labels = np.where(top >= 0, labels, -1)
-        probabilities = model.predict(descriptors, labels, knn.scores[:, : self.settings.category_knn])
+        probabilities = model.predict(_classifier_input(model, descriptors), labels,
+                                      knn.scores[:, : self.settings.category_knn])
         probabilities = probabilities * np.isin(model.classes, self.categories)  # skip emptied categories
         chosen: list[list[str] | None] = []
         for p, probs in zip(ok, probabilities):
@@ -596,3 +635,19 @@ def _given_box(box: list[int], image: Image.Image) -> Box:
     if not (0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height):
         raise SnapshopError(f"box {box} is not inside the {image.width}x{image.height} image")
     return Box(x0, y0, x1, y1, 1.0)
+
+
+def _layout_examples(views: CatalogViews, chosen: np.ndarray, shown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classifier examples of the chosen views: the catalog image's layout, the view's on its
+    true box and on the box found, each labelled with the catalog image's category."""
+    parts = (views.catalog.layout, views.truth.layout, views.found.layout)
+    return (np.concatenate([part[chosen] for part in parts]).astype(np.float32),
+            np.concatenate([shown[chosen]] * len(parts)))
+
+
+def _classifier_input(model: CategoryModel, descriptors: Descriptions) -> np.ndarray:
+    """The regional layouts; the pooled descriptors for a classifier fitted on them (older indexes)."""
+    classifier = model.classifier
+    if classifier is not None and classifier.coef_.shape[1] == descriptors.pooled.shape[1]:
+        return descriptors.pooled
+    return descriptors.layout
