@@ -44,24 +44,38 @@ def make_batcher():
         batcher.close(timeout=5)
 
 
-def test_items_submitted_together_run_as_one_batch(make_batcher):
-    run = Recorder()
-    batcher = make_batcher(run)
-    futures = [batcher.submit(item) for item in range(5)]
+def test_items_arriving_while_another_batch_runs_wait_for_company(make_batcher):
+    run = Recorder(delay=0.5)
+    batcher = make_batcher(run, wait_ms=300, workers=2)
+    first = batcher.submit(0)
+    assert run.started.wait(5)
+    futures = [batcher.submit(item) for item in range(1, 5)]
     answers = [future.result(timeout=5) for future in futures]
-    assert run.calls == [[0, 1, 2, 3, 4]]
-    assert [answer.value for answer in answers] == [0, 10, 20, 30, 40]
-    assert {answer.batch_size for answer in answers} == {5} and {answer.worker for answer in answers} == {0}
-    assert batcher.stats.to_json() == {"batches": 1, "searches": 5, "largest_batch": 5, "mean_batch": 5.0}
+    assert first.result(timeout=5).batch_size == 1
+    assert run.calls == [[0], [1, 2, 3, 4]]
+    assert [answer.value for answer in answers] == [10, 20, 30, 40]
+    assert {answer.batch_size for answer in answers} == {4}
+    assert {answer.worker for answer in answers} == {1 - first.result().worker}
+    assert batcher.stats.to_json() == {"batches": 2, "searches": 5, "largest_batch": 4, "mean_batch": 2.5}
 
 
-def test_a_lone_item_waits_at_most_wait_ms(make_batcher):
-    batcher = make_batcher(Recorder(), wait_ms=50)
-    started = time.monotonic()
+def test_a_lone_item_waits_at_most_wait_ms_while_another_batch_runs(make_batcher):
+    run = Recorder(delay=0.5)
+    batcher = make_batcher(run, wait_ms=50, workers=2)
+    first = batcher.submit(0)
+    assert run.started.wait(5)
     answer = batcher.submit(1).result(timeout=5)
-    assert answer.value == 10 and answer.batch_size == 1
-    assert 0.04 <= time.monotonic() - started < 1.0
-    assert answer.queued_ms >= 40
+    assert answer.value == 10 and answer.batch_size == 1 and answer.worker == 1 - first.result().worker
+    assert 40 <= answer.queued_ms < 450  # it ran before the other batch ended
+
+
+def test_a_lone_item_on_an_idle_batcher_runs_at_once(make_batcher):
+    batcher = make_batcher(Recorder(), wait_ms=2000, workers=2)
+    for item in range(3):  # one after another: each finds the batcher idle
+        started = time.monotonic()
+        answer = batcher.submit(item).result(timeout=5)
+        assert answer.value == item * 10 and answer.batch_size == 1
+        assert time.monotonic() - started < 1.0 and answer.queued_ms < 1000
 
 
 def test_no_wait_runs_at_once(make_batcher):

@@ -3,9 +3,12 @@
 Requests are submitted from any thread (the event loop included) and answered through
 `concurrent.futures.Future`s; worker threads run the batches, so the event loop keeps
 serving while the CNN works. While a batch runs, the next one fills up: under load the
-batches grow by themselves, and a request that arrives alone waits at most `wait_ms`.
-With several workers, several batches run at once (worker `i` is passed to `run`, e.g. to
-use its own engine).
+batches grow by themselves. A worker that takes a lone request while another worker's
+batch runs waits at most `wait_ms` for company; on an otherwise idle batcher it runs the
+request at once, since nothing else is coming that waiting could catch (measured: the wait
+cost every search at concurrency 1 its 5 ms and bought no throughput at 4 or 16). With
+several workers, several batches run at once (worker `i` is passed to `run`, e.g. to use
+its own engine).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
         self._closed = False
         self._counts_lock = threading.Lock()
-        self._batches = self._items = self._largest = 0
+        self._batches = self._items = self._largest = self._busy_workers = 0
         self._threads = [threading.Thread(target=self._work, args=(worker,), name=f"{name}-{worker}", daemon=True)
                          for worker in range(workers)]
         for thread in self._threads:
@@ -107,7 +110,10 @@ class MicroBatcher(Generic[T, R]):
             if first is None:
                 break
             batch = [first]
-            deadline = first.enqueued + self._wait
+            with self._counts_lock:
+                others_busy = self._busy_workers > 0
+                self._busy_workers += 1
+            deadline = first.enqueued + self._wait if others_busy else 0.0
             while len(batch) < self._max_batch:
                 try:
                     remaining = deadline - time.monotonic()
@@ -118,7 +124,11 @@ class MicroBatcher(Generic[T, R]):
                     running = False
                     break
                 batch.append(pending)
-            self._run_batch(worker, batch)
+            try:
+                self._run_batch(worker, batch)
+            finally:
+                with self._counts_lock:
+                    self._busy_workers -= 1
         while True:  # submitted while closing: refuse rather than leave them waiting
             try:
                 late = self._queue.get_nowait()
