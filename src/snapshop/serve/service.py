@@ -23,10 +23,19 @@ from snapshop.search.engine import Engine
 from snapshop.search.results import Query, SearchResult
 from snapshop.serve.batcher import Batched, MicroBatcher
 from snapshop.serve.errors import APIError
-from snapshop.serve.storage import ClickLog, PhotoFolder, StoredPhoto
+from snapshop.serve.limits import RateLimiter
+from snapshop.serve.storage import BoundedPhotoFolder, ClickLog, PhotoFolder, StoredPhoto
 from snapshop.settings import Settings
 
 V = TypeVar("V")
+
+# POST /clicks per client address: a shopper clicks a result every few seconds; a script
+# filling the click log (training data) with junk is held to this.
+CLICKS_PER_SECOND = 2.0
+CLICK_BURST = 30
+# Searched photos kept for the click log: the least recently searched go first past these.
+MAX_QUERY_PHOTOS = 10_000
+MAX_QUERY_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,10 @@ class Service:
         self._replicas = [Engine.open(index, worker_settings(settings)) for _ in range(settings.search_workers - 1)]
         self._engines = [engine, *self._replicas]
         self._locks = [threading.Lock() for _ in self._engines]
-        self.queries = PhotoFolder(index / "queries")
+        self.queries = BoundedPhotoFolder(index / "queries", max_files=MAX_QUERY_PHOTOS, max_bytes=MAX_QUERY_BYTES)
         self.uploads = PhotoFolder(index / "uploads")
         self.clicks = ClickLog(Path(settings.click_log).resolve() if settings.click_log else index / "clicks.jsonl")
+        self.click_limit = RateLimiter(CLICKS_PER_SECOND, CLICK_BURST)
         # max_batch is shared out: a worker that finds a long queue leaves some of it to the others.
         self.batcher: MicroBatcher[SearchJob, SearchResult] = MicroBatcher(
             self._search_batch, wait_ms=settings.batch_wait_ms, max_batch=math.ceil(settings.max_batch / self.workers),

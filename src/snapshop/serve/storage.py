@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,7 +61,11 @@ class PhotoFolder:
         path = self.folder / f"{photo_id}.jpg"
         if not path.is_file():
             _atomic_write(path, lambda out: image.save(out, format="JPEG", quality=92))
+        self._kept(path)
         return StoredPhoto(photo_id, path, image.width, image.height)
+
+    def _kept(self, path: Path) -> None:
+        """Called with each photo kept or searched again (a bounded folder drops its oldest here)."""
 
     def catalog_image_path(self, data: bytes) -> Path:
         """Where an uploaded catalog image is kept: `<sha256>.<ext>`, the extension from its content."""
@@ -80,6 +85,45 @@ class PhotoFolder:
         """The kept search photo with this id, if there is one (the id is a hex digest, checked by the caller)."""
         path = self.folder / f"{photo_id}.jpg"
         return path if path.is_file() else None
+
+
+class BoundedPhotoFolder(PhotoFolder):
+    """A PhotoFolder that keeps at most `max_files` photos and `max_bytes` bytes of them.
+
+    The photo searched least recently goes first (by file time at start-up, by use after).
+    A click on a dropped photo is refused as an unknown query.
+    """
+
+    def __init__(self, folder: Path, *, max_files: int, max_bytes: int) -> None:
+        super().__init__(folder)
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        found = [(entry.stat(), entry) for entry in folder.glob("*.jpg")] if folder.is_dir() else []
+        found.sort(key=lambda pair: pair[0].st_mtime)
+        self._sizes: OrderedDict[Path, int] = OrderedDict((path, stat.st_size) for stat, path in found)
+        self._bytes = sum(self._sizes.values())
+        with self._lock:
+            self._drop_oldest()
+
+    def _kept(self, path: Path) -> None:
+        with self._lock:
+            if path in self._sizes:
+                self._sizes.move_to_end(path)
+                return
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:  # dropped meanwhile by another request
+                return
+            self._sizes[path] = size
+            self._bytes += size
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        while len(self._sizes) > 1 and (len(self._sizes) > self.max_files or self._bytes > self.max_bytes):
+            path, size = self._sizes.popitem(last=False)
+            self._bytes -= size
+            path.unlink(missing_ok=True)
 
 
 class ClickLog:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
@@ -27,7 +28,17 @@ class Click(BaseModel):
     clicked: list[ItemId] = Field(min_length=1, max_length=100, description="Item ids clicked, all among `shown`.")
 
 
-@router.post("/clicks", status_code=201)
+def limit_clicks(request: Request, service: Service = Depends(get_service)) -> None:
+    """429 for a client (by address) that sends clicks faster than `Service.click_limit` allows."""
+    wait = service.click_limit.wait_seconds(request.client.host if request.client else "")
+    if wait:
+        seconds = math.ceil(wait)
+        raise APIError(429, "too_many_requests", f"too many clicks from this address; try again in {seconds} s",
+                       headers={"Retry-After": str(seconds)})
+
+
+@router.post("/clicks", status_code=201, dependencies=[Depends(limit_clicks)],
+             responses={429: {"description": "Too many clicks from this address (see Retry-After)."}})
 async def log_click(click: Click, service: Service = Depends(get_service)) -> dict[str, Any]:
     """Append the impression to the click log; returns the line written."""
     strays = [item for item in click.clicked if item not in click.shown]
