@@ -15,7 +15,7 @@ import snapshop
 from snapshop.cli import app
 
 runner = CliRunner()
-STAGES = {"decode", "category", "detect", "embed", "search"}
+STAGES = {"decode", "category", "detect", "embed", "search", "curate"}
 
 
 def invoke(*args, env: dict | None = None):
@@ -66,7 +66,7 @@ def test_search_json_prints_one_object_per_query_in_order(shared_index, catalog,
         assert 1 <= len(hits) <= 3 and hits[0]["item_id"] == expected
         assert len({hit["item_id"] for hit in hits}) == len(hits)
         for hit in hits:
-            assert {"item_id", "score", "image", "category", "title", "price"} <= set(hit)
+            assert {"item_id", "score", "image", "category", "title", "price", "group", "also", "quality"} <= set(hit)
         assert hits[0]["image"] == str(catalog.image(expected)) and hits[0]["category"] == catalog.categories[expected]
         assert hits[0]["title"].endswith(expected.split("-")[0]) and isinstance(hits[0]["score"], float)
 
@@ -130,7 +130,7 @@ def test_bad_setting_in_the_environment_is_a_user_error(shared_index, catalog):
 @pytest.mark.parametrize("args", [
     ["search"],                                   # no photo
     ["search", "x.jpg", "-k", "many"],            # not a number
-    ["search", "x.jpg", "--colour", "red"],       # unknown option
+    ["search", "x.jpg", "--flavour", "red"],      # unknown option
     ["frobnicate"],                               # unknown command
     ["remove"],                                   # no item id
 ])
@@ -140,6 +140,32 @@ def test_usage_errors_exit_2(args):
 
 
 # --- stats -------------------------------------------------------------------------------------
+
+
+def test_colour_filter_and_curation_switch(shared_index, catalog):
+    plain = json_lines(invoke("search", catalog.image("square-1"), "--index", shared_index, "-k", 12, "--json",
+                              "--no-curate").stdout)[0]["results"]
+    assert all("signals" not in hit for hit in plain)
+    colour = plain[0]["colours"][0]["name"]
+    kept = json_lines(invoke("search", catalog.image("square-1"), "--index", shared_index, "-k", 12, "--json",
+                             "--colour", colour).stdout)[0]["results"]
+    assert kept and len(kept) < len(plain) and all(colour in {c["name"] for c in hit["colours"]} for hit in kept)
+    assert_user_error(invoke("search", catalog.image("square-1"), "--index", shared_index, "--colour", "octarine"),
+                      "unknown colour")
+
+
+def test_duplicates_reports_groups(fresh_index, catalog, tmp_path):
+    from PIL import Image
+
+    copy = tmp_path / "copy.jpg"
+    Image.open(catalog.image("triangle-2")).save(copy, quality=35)
+    (tmp_path / "copy.jsonl").write_text(json.dumps({"item_id": "resold", "image": str(copy), "category": "triangles"}))
+    assert invoke("add", tmp_path / "copy.jsonl", "--index", fresh_index).exit_code == 0
+    report = json.loads(invoke("duplicates", "--index", fresh_index, "--json").stdout)
+    assert [group["items"] for group in report["groups"]] == [["resold", "triangle-2"]]
+    assert report["groups"][0]["pairs"][0]["same"] is True
+    human = invoke("duplicates", "--index", fresh_index).stdout
+    assert "resold, triangle-2" in human and "1 groups" in human
 
 
 def test_stats_json(shared_index):

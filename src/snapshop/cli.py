@@ -90,14 +90,18 @@ def search(
     box: Optional[str] = typer.Option(None, "--box", help="Search this box x0,y0,x1,y1 instead of the detected object."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
     explain: bool = typer.Option(False, "--explain", help="Report candidates and timings per partition and shard."),
+    colour: Optional[str] = typer.Option(None, "--colour", help="Keep only products of this basic colour (red, navy, ...)."),
+    curate: bool = typer.Option(True, "--curate/--no-curate",
+                                help="Fold identical items, demote poor photos (settings); --no-curate: cosine order only."),
 ) -> None:
     """Find the catalog products in photos (many photos share one model load and batched inference)."""
-    settings = _settings(index=index, k=k)
+    off = {"collapse_duplicates": False, "quality_weight": 0.0, "diversity": 0.0, "colour_weight": 0.0}
+    settings = _settings(index=index, k=k, **({} if curate else off))
     with user_errors():
         query_box = _parse_box(box) if box else None
         engine = Engine.open(settings.index, settings)
         results = engine.search([Query(str(path), path, query_box) for path in images], k=settings.k, category=category,
-                                explain=explain)
+                                colour=colour, explain=explain)
     for result in results:
         typer.echo(json.dumps(result.to_json(), ensure_ascii=False) if as_json else _human(result))
     if all(result.error for result in results):
@@ -126,6 +130,31 @@ def stats(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(Fals
         typer.echo(f"segment    {segment['partition'] or '(no category)'} / shard {segment['shard']}: "
                    f"base {segment['base'] or '-'} {segment['base_images']}, delta {segment['delta_images']}, "
                    f"tombstones {segment['tombstones']}")
+
+
+@app.command()
+def duplicates(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Product groups: items found to be the same product (other sellers, re-uploads), with the evidence."""
+    settings = _settings(index=index)
+    with user_errors():
+        engine = Engine.open(settings.index, settings)
+        groups = engine.store.duplicate_groups()
+        links = engine.store.duplicate_links()
+    if as_json:
+        evidence: dict[str, list] = {}
+        member_of = {item: group for group, items in groups.items() for item in items}
+        for a, b, found in links:
+            evidence.setdefault(member_of.get(a, a), []).append({"items": [a, b], **found})
+        typer.echo(json.dumps({"groups": [{"group": group, "items": items, "pairs": evidence.get(group, [])}
+                                          for group, items in groups.items()]}, indent=2))
+        return
+    if not groups:
+        typer.echo("no identical items found")
+        return
+    typer.echo(f"{'group':<24} {'items':>5}  members")
+    for group, items in groups.items():
+        typer.echo(f"{group:<24} {len(items):>5}  {', '.join(items)}")
+    typer.echo(f"{len(groups)} groups, {sum(len(items) for items in groups.values())} items")
 
 
 @app.command()
@@ -238,9 +267,12 @@ def _human(result: SearchResult) -> str:
         lines.append(f"  category {result.category.name} ({result.category.score:.2f})")
     if result.boxes:
         lines.append(f"  object   {result.boxes[0].as_list()}" + (f" (+{len(result.boxes) - 1} more)" if len(result.boxes) > 1 else ""))
+    if result.match == "none":
+        lines.append("  no close match in the catalog; the nearest products:")
     for rank, hit in enumerate(result.results, start=1):
         title = hit.fields.get("title", "")
-        lines.append(f"  {rank:2d}. {hit.item_id:<20} {hit.score:.3f}  {hit.category or ''}  {title}")
+        sellers = f"  ({len(hit.also) + 1} sellers)" if hit.also else ""
+        lines.append(f"  {rank:2d}. {hit.item_id:<20} {hit.score:.3f}  {hit.category or ''}  {title}{sellers}")
     for part in result.explain or []:
         lines.append(f"  searched {part['partition'] or '(no category)'} / shard {part['shard']}: base {part['base'] or '-'} "
                      f"{part['base_images']}, delta {part['delta_images']}, tombstones {part['tombstones']}, "

@@ -14,7 +14,7 @@ from snapshop.index.folder import IndexFolder
 from snapshop.search.engine import Engine
 from snapshop.search.results import Query
 
-STAGES = {"decode", "category", "detect", "embed", "search"}
+STAGES = {"decode", "category", "detect", "embed", "search", "curate"}
 
 
 def write_manifest(path, rows) -> Catalog:

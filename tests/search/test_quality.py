@@ -46,4 +46,4 @@ def test_category_and_box_are_better_than_chance(outcome):
 def test_every_query_is_answered_with_timings(outcome):
     pipeline = outcome["pipeline"]
     assert pipeline["errors"] == 0
-    assert set(pipeline["ms_per_query"]) == {"decode", "detect", "embed", "category", "search"}
+    assert set(pipeline["ms_per_query"]) == {"decode", "detect", "embed", "category", "search", "curate"}

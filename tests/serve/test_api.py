@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-STAGES = {"decode", "category", "detect", "embed", "search"}
+STAGES = {"decode", "category", "detect", "embed", "search", "curate"}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from snapshop.curate.duplicates import components
+from snapshop.curate.quality import ImageQuality
 from snapshop.errors import IndexError_
 
 SCHEMA = """
@@ -47,6 +49,24 @@ CREATE TABLE IF NOT EXISTS changes (
     partition TEXT NOT NULL,
     op        TEXT NOT NULL CHECK (op IN ('add', 'remove', 'reset'))
 );
+CREATE TABLE IF NOT EXISTS image_traits (
+    image_id INTEGER PRIMARY KEY REFERENCES images(image_id) ON DELETE CASCADE,
+    quality  REAL NOT NULL,
+    signals  TEXT NOT NULL,
+    colours  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS duplicate_links (
+    item_a   TEXT NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
+    item_b   TEXT NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
+    evidence TEXT NOT NULL,
+    PRIMARY KEY (item_a, item_b)
+);
+CREATE INDEX IF NOT EXISTS links_by_b ON duplicate_links(item_b);
+CREATE TABLE IF NOT EXISTS item_groups (
+    item_id  TEXT PRIMARY KEY REFERENCES items(item_id) ON DELETE CASCADE,
+    group_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS groups_by_id ON item_groups(group_id);
 CREATE TABLE IF NOT EXISTS fitted (
     name      TEXT PRIMARY KEY,
     blob      BLOB NOT NULL,
@@ -63,6 +83,8 @@ class NewImage:
     source: str
     box: list[int]
     descriptor: np.ndarray
+    quality: ImageQuality | None = None
+    colours: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -89,11 +111,15 @@ class Change:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What a search result needs to know of an image."""
+    """What a search result needs to know of an image: its item, the item's category and
+    product group (its own id when it has no duplicates), the image's quality and colours."""
 
     item_id: str
     category: str
     source: str
+    group: str
+    quality: float | None = None
+    colours: list[dict] = field(default_factory=list)
 
 
 _LOG_REMOVALS = (
@@ -165,13 +191,42 @@ class MetadataStore:
             "INSERT INTO items(item_id, category, fields) VALUES (?, ?, ?)",
             (item_id, category, json.dumps(fields, ensure_ascii=False, default=str)),
         )
-        return [
-            self._db.execute(
+        image_ids = []
+        for image in images:
+            image_id = self._db.execute(
                 "INSERT INTO images(item_id, source, box, descriptor) VALUES (?, ?, ?, ?)",
                 (item_id, image.source, json.dumps(image.box), _blob(image.descriptor)),
             ).lastrowid
-            for image in images
-        ]
+            if image.quality is not None:
+                self._db.execute("INSERT INTO image_traits(image_id, quality, signals, colours) VALUES (?, ?, ?, ?)",
+                                 (image_id, image.quality.score, json.dumps(image.quality.signals),
+                                  json.dumps(image.colours)))
+            image_ids.append(image_id)
+        return image_ids
+
+    def link_duplicates(self, links: list[tuple[str, str, dict]]) -> None:
+        """Record verified identical-item pairs (evidence as JSON)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO duplicate_links(item_a, item_b, evidence) VALUES (?, ?, ?)",
+            ((min(a, b), max(a, b), json.dumps(evidence)) for a, b, evidence in links if a != b))
+
+    def regroup(self, item_ids: Iterable[str]) -> None:
+        """Recompute the product groups of these items (and of everything linked to them)."""
+        members, frontier, links = set(), set(item_ids), set()
+        while frontier:
+            members |= frontier
+            found = self._links_touching(frontier)
+            links |= found
+            frontier = {item for link in found for item in link} - members
+        group = components(links, members)
+        existing = self.existing_items(members)
+        sizes: dict[str, int] = {}
+        for name in group.values():
+            sizes[name] = sizes.get(name, 0) + 1
+        for chunk in _chunked(sorted(members)):
+            self._db.execute(f"DELETE FROM item_groups WHERE item_id IN ({','.join('?' * len(chunk))})", chunk)
+        self._db.executemany("INSERT INTO item_groups(item_id, group_id) VALUES (?, ?)",
+                             ((item, name) for item, name in group.items() if sizes[name] > 1 and item in existing))
 
     def delete_items(self, item_ids: Iterable[str]) -> list[str]:
         """Delete items (and their images); returns the ids that existed."""
@@ -205,6 +260,32 @@ class MetadataStore:
 
     # --- reads ---
 
+    def _links_touching(self, item_ids: set[str]) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for chunk in _chunked(sorted(item_ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(self._read.execute(
+                f"SELECT item_a, item_b FROM duplicate_links WHERE item_a IN ({marks}) OR item_b IN ({marks})",
+                chunk + chunk).fetchall())
+        return found
+
+    def linked_items(self, item_ids: Iterable[str]) -> set[str]:
+        """Items recorded as identical to any of these (not the items themselves)."""
+        wanted = set(item_ids)
+        return {item for link in self._links_touching(wanted) for item in link} - wanted
+
+    def duplicate_groups(self) -> dict[str, list[str]]:
+        """Every product group of two or more items: group id -> item ids."""
+        groups: dict[str, list[str]] = {}
+        for item_id, group_id in self._read.execute("SELECT item_id, group_id FROM item_groups ORDER BY group_id, item_id"):
+            groups.setdefault(group_id, []).append(item_id)
+        return groups
+
+    def duplicate_links(self) -> list[tuple[str, str, dict]]:
+        """Every verified identical-item pair, with its evidence."""
+        rows = self._read.execute("SELECT item_a, item_b, evidence FROM duplicate_links ORDER BY item_a, item_b")
+        return [(a, b, json.loads(evidence)) for a, b, evidence in rows]
+
     def fitted(self, name: str) -> tuple[bytes, dict[str, Any]] | None:
         row = self._read.execute("SELECT blob, info FROM fitted WHERE name = ?", (name,)).fetchone()
         return (row[0], json.loads(row[1])) if row else None
@@ -217,11 +298,17 @@ class MetadataStore:
         return found
 
     def item(self, item_id: str) -> dict[str, Any] | None:
-        row = self._read.execute("SELECT category, fields FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        row = self._read.execute(
+            "SELECT i.category, i.fields, g.group_id FROM items i LEFT JOIN item_groups g USING(item_id) WHERE item_id = ?",
+            (item_id,)).fetchone()
         if row is None:
             return None
-        images = [r[0] for r in self._read.execute("SELECT source FROM images WHERE item_id = ? ORDER BY image_id", (item_id,))]
-        return {"item_id": item_id, "category": row[0], "images": images, **json.loads(row[1])}
+        images = self._read.execute(
+            "SELECT m.source, t.quality FROM images m LEFT JOIN image_traits t USING(image_id) "
+            "WHERE m.item_id = ? ORDER BY m.image_id", (item_id,)).fetchall()
+        main = max(images, key=lambda r: -1.0 if r[1] is None else r[1])[0] if images else None
+        return {"item_id": item_id, "category": row[0], "images": [r[0] for r in images], "main_image": main,
+                "group": row[2] or item_id, **json.loads(row[1])}
 
     def image_info(self, image_ids: Iterable[int]) -> dict[int, ImageInfo]:
         """Item, category and source of the images that still exist."""
@@ -229,9 +316,12 @@ class MetadataStore:
         for chunk in _chunked([int(i) for i in image_ids]):
             marks = ",".join("?" * len(chunk))
             rows = self._read.execute(
-                "SELECT m.image_id, m.item_id, COALESCE(i.category, ''), m.source FROM images m JOIN items i USING(item_id) "
+                "SELECT m.image_id, m.item_id, COALESCE(i.category, ''), m.source, COALESCE(g.group_id, m.item_id), "
+                "t.quality, t.colours FROM images m JOIN items i USING(item_id) "
+                "LEFT JOIN item_groups g USING(item_id) LEFT JOIN image_traits t USING(image_id) "
                 f"WHERE m.image_id IN ({marks})", chunk)
-            found.update((r[0], ImageInfo(r[1], r[2], r[3])) for r in rows)
+            found.update((r[0], ImageInfo(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else []))
+                         for r in rows)
         return found
 
     def counts(self) -> dict[str, int]:
@@ -284,6 +374,14 @@ class MetadataStore:
         rows = self._read.execute(
             "SELECT seq, image_id, item_id, partition, op FROM changes WHERE seq > ? ORDER BY seq", (seq,))
         return [Change(*row) for row in rows]
+
+    def images_of(self, item_ids: Iterable[str]) -> list[int]:
+        """Ids of the searchable images of these items."""
+        found: list[int] = []
+        for chunk in _chunked(sorted(set(item_ids))):
+            found += [r[0] for r in self._read.execute(
+                f"SELECT image_id FROM images WHERE code IS NOT NULL AND item_id IN ({','.join('?' * len(chunk))})", chunk)]
+        return sorted(found)
 
     def image_rows(self) -> Iterator[tuple[int, str, str]]:
         """(image_id, item_id, source) of every image."""

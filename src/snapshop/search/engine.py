@@ -33,6 +33,10 @@ from snapshop.errors import IndexError_, SnapshopError
 from snapshop.index.folder import IndexFolder, IndexManifest
 from snapshop.index.live import IndexParams, LiveIndex
 from snapshop.index.store import ImageInfo, MetadataStore, NewImage
+from snapshop.curate.colour import check_colour, dominant_colours
+from snapshop.curate.duplicates import DuplicateRules, DuplicateVerifier, ImageRef
+from snapshop.curate.quality import image_quality
+from snapshop.curate.rerank import Candidate, CurationOptions, curate
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
 from snapshop.models.augment import is_clean_shot
@@ -52,6 +56,10 @@ MIN_IMAGES_PER_CATEGORY = 3
 MAX_VIEWS = 3000
 MIN_VIEWS = 20
 KNN_SHORTLIST_PER_VOTE = 10  # Hamming candidates per kNN vote re-ranked for the category vote
+SAME_IMAGE_COSINE = 0.99  # two images of one item this close are stored once
+DUPLICATE_NEIGHBOURS = 10  # nearest images of each new image checked for being identical items
+CURATION_POOL = 5  # candidate items curated per result asked for
+MIN_MATCH_SEPARATION = 0.75  # a no-match threshold separating true from false matches worse than this is not used
 
 
 @dataclass
@@ -61,7 +69,9 @@ class AddReport:
     items_added: int = 0
     items_updated: int = 0
     images: int = 0
+    images_merged: int = 0  # near-identical images of one item stored once
     errors: list[RowError] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +107,7 @@ class Engine:
                                     box_threshold=settings.box_threshold, localize=settings.localize)
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
+        self.match_threshold: float | None = None  # cosine under which a result is not a close match
         self.index: LiveIndex | None = None
         self._write_mutex = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -157,12 +168,14 @@ class Engine:
         for row in catalog.rows:
             rows_by_item[row.item_id].append(row)
         with self._writing():
+            formerly_linked = self.store.linked_items(rows_by_item)
             with tqdm(total=len(catalog.rows), desc="embedding", unit="img", disable=not progress) as bar:
                 for chunk in _chunks(list(rows_by_item.values()), INGEST_CHUNK):
                     self._add_items(chunk, report)
                     self._refresh()
                     bar.update(sum(len(rows) for rows in chunk))
             self._refit_if_due(progress=progress)
+            self._group_duplicates(report.written, formerly_linked, progress=progress)
         self._compact_when_due()
         return report
 
@@ -170,7 +183,9 @@ class Engine:
         """Delete items; they never appear in results again."""
         with self._writing():
             with self.store.transaction():
+                linked = self.store.linked_items(item_ids)
                 removed = self.store.delete_items(dict.fromkeys(item_ids))
+                self.store.regroup(linked - set(removed))
             self._refresh()
         self._compact_when_due()
         gone = set(removed)
@@ -210,9 +225,14 @@ class Engine:
         descriptors = self.encoder.describe([crop(image, found[0]) for (_, image), found in zip(decoded, boxes)])
         new_images: dict[str, list[NewImage]] = defaultdict(list)
         positions: dict[str, list[int]] = defaultdict(list)  # rows of `descriptors`, per item
-        for position, ((row, _), found, descriptor) in enumerate(zip(decoded, boxes, descriptors)):
-            new_images[row.item_id].append(NewImage(row.item_id, str(row.image), found[0].as_list(), descriptor))
+        for position, ((row, image), found, descriptor) in enumerate(zip(decoded, boxes, descriptors)):
+            new_images[row.item_id].append(_new_image(row.item_id, str(row.image), image, found[0], descriptor))
             positions[row.item_id].append(position)
+        for item_id in new_images:
+            kept = _distinct_images(new_images[item_id], descriptors[positions[item_id]])
+            report.images_merged += len(new_images[item_id]) - len(kept)
+            new_images[item_id] = [new_images[item_id][i] for i in kept]
+            positions[item_id] = [positions[item_id][i] for i in kept]
         existing = self.store.existing_items(rows[0].item_id for rows in items)
         stored_ids: list[int] = []
         stored_rows: list[int] = []
@@ -230,6 +250,7 @@ class Engine:
                 stored_ids += self.store.upsert_item(item_id, first.category, fields, new_images[item_id])
                 stored_rows += positions[item_id]
                 report.images += len(new_images[item_id])
+                report.written.append(item_id)
                 if item_id in existing:
                     report.items_updated += 1
                 else:
@@ -281,6 +302,8 @@ class Engine:
         self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
         self.store.set_vectors(ids, *self.codec.encode(descriptors), reset=True)
         self._fit_category_model(descriptors, np.asarray(categories), views)
+        if views is not None:
+            self._fit_match_threshold(descriptors, views)
 
     def _catalog_views(self, ids: np.ndarray, *, progress: bool) -> CatalogViews | None:
         """Synthetic views of a sample of catalog images (whose files can still be read)."""
@@ -347,6 +370,29 @@ class Engine:
             arrays.update(coef=classifier.coef_, intercept=classifier.intercept_)
         self.store.save_fitted("category", save_arrays(**arrays), {"alpha": alpha, "fitted_on": len(labels)})
 
+    def _fit_match_threshold(self, descriptors: np.ndarray, views: CatalogViews) -> None:
+        """The cosine that best separates true matches from the nearest strangers, on synthetic
+        views: each view's found-box crop against its own catalog image (true) and against the
+        best other catalog image (false); the threshold maximises balanced accuracy."""
+        catalog = self.codec.encode(descriptors)[0]
+        queries = self.codec.encode(views.found.pooled)[0]
+        true, false = np.empty(len(queries)), np.empty(len(queries))
+        for start in range(0, len(queries), 256):
+            sims = queries[start : start + 256] @ catalog.T
+            own = views.rows[start : start + 256]
+            true[start : start + 256] = sims[np.arange(len(own)), own]
+            sims[np.arange(len(own)), own] = -np.inf
+            false[start : start + 256] = sims.max(axis=1)
+        candidates = np.unique(np.concatenate([true, false]))
+        balanced = [((true >= t).mean() + (false < t).mean()) / 2 for t in candidates]
+        best = int(np.argmax(balanced))
+        info = {"threshold": float(candidates[best]), "balanced_accuracy": float(balanced[best]),
+                "true_median": float(np.median(true)), "false_median": float(np.median(false)),
+                "fitted_on": len(queries)}
+        self.store.save_fitted("match", save_arrays(), info)
+        log.info("no-match threshold %.3f (balanced accuracy %.3f on %d synthetic views)",
+                 info["threshold"], info["balanced_accuracy"], len(queries))
+
     def _relocate_scenes(self, *, progress: bool) -> dict[int, int]:
         """Locate and describe again, with the objectness model just fitted, the catalog photos
         that are not clean shots (SCDA located them before there was a model; a clean shot's
@@ -365,12 +411,45 @@ class Engine:
             boxes = [found[0] for found in self.encoder.locate(images)]
             described = self.encoder.describe([crop(image, box) for image, box in zip(images, boxes)])
             item = self.store.item(item_id)
-            fields = {key: value for key, value in item.items() if key not in ("item_id", "category", "images")}
+            fields = _item_fields(item)
             new_ids = self.store.upsert_item(item_id, item["category"], fields, [
-                NewImage(item_id, source, box.as_list(), descriptor)
-                for (_, source), box, descriptor in zip(stored, boxes, described)])
+                _new_image(item_id, source, image, box, descriptor)
+                for (_, source), image, box, descriptor in zip(stored, images, boxes, described)])
             renamed.update((old, new) for (old, _), new in zip(stored, new_ids))
         return renamed
+
+    def _group_duplicates(self, item_ids: list[str], formerly_linked: set[str], *, progress: bool) -> None:
+        """Link the written items to the identical items already indexed; regroup everything touched."""
+        if self.codec is None or not item_ids:
+            return
+        self._refresh()
+        image_ids = self.store.images_of(item_ids)
+        vectors = self.store.vectors(image_ids)
+        rules = DuplicateRules(self.settings.duplicate_accept, self.settings.duplicate_candidate,
+                               self.settings.duplicate_inliers, self.settings.duplicate_correlation,
+                               self.settings.duplicate_colour)
+        verifier = DuplicateVerifier(self.load, rules)
+        links: list[tuple[str, str, dict]] = []
+        for start in tqdm(range(0, len(image_ids), INGEST_CHUNK), desc="identical items", unit="batch",
+                          disable=not progress):
+            rows = slice(start, start + INGEST_CHUNK)
+            found = self.index.search(vectors.codes[rows], vectors.features[rows].astype(np.float32),
+                                      DUPLICATE_NEIGHBOURS + 1)
+            info = self.store.image_info(np.unique(np.concatenate([found.image_ids.ravel(), vectors.image_ids[rows]])))
+            for image_id, neighbours, scores in zip(vectors.image_ids[rows], found.image_ids, found.scores):
+                mine = info.get(int(image_id))
+                for other_id, cosine in zip(neighbours, scores):
+                    other = info.get(int(other_id))
+                    if mine is None or other is None or other.item_id == mine.item_id \
+                            or cosine < rules.min_cosine:
+                        continue
+                    check = verifier.check(_image_ref(int(image_id), mine), _image_ref(int(other_id), other),
+                                           float(cosine))
+                    if check.same:
+                        links.append((mine.item_id, other.item_id, check.to_json()))
+        with self.store.transaction():
+            self.store.link_duplicates(links)
+            self.store.regroup(set(item_ids) | formerly_linked)
 
     # --- reading state -------------------------------------------------------------------
 
@@ -380,6 +459,9 @@ class Engine:
             codec_info = self.store.fitted("codec")
             self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
             self.category_model = _category_model(self.store.fitted("category"))
+            match_info = self.store.fitted("match")
+            trusted = match_info and match_info[1]["balanced_accuracy"] >= MIN_MATCH_SEPARATION
+            self.match_threshold = float(match_info[1]["threshold"]) if trusted else None
             self.encoder.objectness = _objectness_model(self.store.fitted("objectness"))
         codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
         settings = self.settings
@@ -403,6 +485,7 @@ class Engine:
         counts = self.store.counts()
         codec_info = self.store.fitted("codec")
         category_info = self.store.fitted("category")
+        match_info = self.store.fitted("match")
         return {
             "items": counts["items"],
             "images": counts["images"],
@@ -417,6 +500,8 @@ class Engine:
             "bits": self.manifest.bits,
             "pooling": self.manifest.pooling,
             "projection": codec_info[1] if codec_info else None,
+            "no_match": {**(match_info[1] if match_info else {}), "used": self.match_threshold is not None},
+            "product_groups": len(self.store.duplicate_groups()),
             "category_model": {
                 "classes": [str(c) for c in self.category_model.classes] if self.category_model else [],
                 "classifier": bool(self.category_model and self.category_model.classifier is not None),
@@ -431,10 +516,12 @@ class Engine:
     # --- search --------------------------------------------------------------------------
 
     def search(self, queries: Sequence[Query], *, k: int | None = None, category: str | None = None,
-               explain: bool = False) -> list[SearchResult]:
+               colour: str | None = None, explain: bool = False) -> list[SearchResult]:
         """Search a batch of query photos; a query that fails carries its error, the others run.
-        `explain` adds per-partition candidates and timings to each result."""
+        `colour` keeps only products of that basic colour; `explain` adds per-partition
+        candidates and timings to each result."""
         k = self.settings.k if k is None else k
+        colour = check_colour(colour) if colour is not None else None
         if k < 1:
             raise SnapshopError(f"k must be at least 1, got {k}")
         self._refresh()
@@ -470,7 +557,14 @@ class Engine:
         with timer("category"):
             partitions = self._choose_partitions(results, ok, descriptors, features, codes, category)
         with timer("search"):
-            self._search_partitions(results, ok, features, codes, partitions, k, explain)
+            candidates = self._search_partitions(results, ok, features, codes, partitions, k, explain)
+        with timer("curate"):
+            for p in ok:
+                options = self._curation(colour, images[p], results[p].boxes[0])
+                results[p].results = self._hits(*candidates[p], k, options)
+                if self.settings.no_match and self.match_threshold is not None:
+                    close = bool(results[p].results) and results[p].results[0].score >= self.match_threshold
+                    results[p].match = "close" if close else "none"
         for p in ok:
             results[p].timing_ms = timer.per_query(len(ok))
         return results
@@ -506,37 +600,65 @@ class Engine:
         return chosen
 
     def _search_partitions(self, results: list[SearchResult], ok: list[int], features: np.ndarray, codes: np.ndarray,
-                           partitions: list[list[str] | None], k: int, explain: bool) -> None:
+                           partitions: list[list[str] | None], k: int,
+                           explain: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Re-ranked candidates (image ids, cosines) of each query, by position in the batch."""
+        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         groups: dict[tuple[str, ...] | None, list[int]] = defaultdict(list)
         for row, names in enumerate(partitions):
             groups[tuple(names) if names is not None else None].append(row)
-        shortlist = max(self.settings.shortlist, 2 * k)
+        shortlist = max(self.settings.shortlist, 4 * CURATION_POOL * k)
         for names, rows in groups.items():
             candidates = self.index.search(codes[rows], features[rows], shortlist, list(names) if names else None)
             for row, ids, scores in zip(rows, candidates.image_ids, candidates.scores):
-                results[ok[row]].results = self._hits(ids, scores, k)
+                found[ok[row]] = (ids, scores)
                 results[ok[row]].searched_categories = list(names) if names else self.categories
                 if explain:
                     results[ok[row]].explain = candidates.explain
+        return found
 
-    def _hits(self, image_ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
-        """One hit per item, best image first, at most k; images deleted since the index
-        last caught up are skipped. Looks up only as many candidates as it needs."""
-        hits: list[Hit] = []
-        seen: set[str] = set()
-        info: dict[int, ImageInfo] = {}
-        for position, (image_id, score) in enumerate(zip(image_ids, scores)):
-            if image_id < 0 or len(hits) == k:
+    def _curation(self, colour: str | None, image: Image.Image, box: Box) -> CurationOptions:
+        settings = self.settings
+        query_colours = ([c.to_json() for c in dominant_colours(image, box.as_list())]
+                         if settings.colour_weight else [])
+        return CurationOptions(collapse=settings.collapse_duplicates, quality_weight=settings.quality_weight,
+                               diversity=settings.diversity, colour_weight=settings.colour_weight, colour=colour,
+                               query_colours=query_colours)
+
+    def _hits(self, image_ids: np.ndarray, scores: np.ndarray, k: int, options: CurationOptions) -> list[Hit]:
+        """Curated results: the best image of each candidate item (images deleted since the index
+        last caught up are skipped), then quality, colour, identical items and diversity."""
+        pool: dict[str, Candidate] = {}
+        sources: dict[int, ImageInfo] = {}
+        wanted = CURATION_POOL * k
+        valid = image_ids >= 0
+        image_ids, scores = image_ids[valid], scores[valid]
+        for start in range(0, len(image_ids), 4 * wanted):
+            block = image_ids[start : start + 4 * wanted]
+            info = self.store.image_info(block)
+            for image_id, score in zip(block, scores[start : start + 4 * wanted]):
+                image = info.get(int(image_id))
+                if image is not None and image.item_id not in pool:
+                    sources[int(image_id)] = image
+                    pool[image.item_id] = Candidate(image.item_id, int(image_id), float(score), image.group,
+                                                    image.quality, image.colours)
+            if len(pool) >= wanted:
                 break
-            if position % (4 * k) == 0:  # the next block of candidates, in one query
-                info = self.store.image_info(image_ids[position : position + 4 * k][image_ids[position : position + 4 * k] >= 0])
-            image = info.get(int(image_id))
-            if image is None or image.item_id in seen:
-                continue
-            seen.add(image.item_id)
-            item = self.store.item(image.item_id) or {}
-            fields = {key: value for key, value in item.items() if key not in ("item_id", "category", "images")}
-            hits.append(Hit(image.item_id, float(score), image.source, image.category or None, fields))
+        features = None
+        if options.diversity:
+            vectors = self.store.vectors([c.image_id for c in pool.values()])
+            unit = vectors.features.astype(np.float32)
+            unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+            features = dict(zip(vectors.image_ids.tolist(), unit))
+        threshold = self.match_threshold if self.settings.no_match else None
+        hits = []
+        for card in curate(list(pool.values()), options, k, features):
+            candidate = card.candidate
+            item = self.store.item(candidate.item_id) or {}
+            image = sources[candidate.image_id]
+            hits.append(Hit(candidate.item_id, candidate.score, image.source, image.category or None, _item_fields(item), group=candidate.group, also=card.also, quality=candidate.quality,
+                            colours=candidate.colours, signals=card.signals, curated_score=card.score,
+                            close=None if threshold is None else candidate.score >= threshold))
         return hits
 
     @property
@@ -651,3 +773,31 @@ def _classifier_input(model: CategoryModel, descriptors: Descriptions) -> np.nda
     if classifier is not None and classifier.coef_.shape[1] == descriptors.pooled.shape[1]:
         return descriptors.pooled
     return descriptors.layout
+
+
+def _new_image(item_id: str, source: str, image: Image.Image, box: Box, descriptor: np.ndarray) -> NewImage:
+    """A catalog image to store, with its quality and the product's colours inside its box."""
+    corners = box.as_list()
+    colours = [colour.to_json() for colour in dominant_colours(image, corners)]
+    return NewImage(item_id, source, corners, descriptor, image_quality(image, corners), colours)
+
+
+def _distinct_images(images: list[NewImage], descriptors: np.ndarray) -> list[int]:
+    """Positions of the images of one item to keep: of near-identical ones, the best-quality one."""
+    unit = descriptors / np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
+    order = sorted(range(len(images)), key=lambda i: -(images[i].quality.score if images[i].quality else 0.0))
+    kept: list[int] = []
+    for i in order:
+        if all(float(unit[i] @ unit[j]) < SAME_IMAGE_COSINE for j in kept):
+            kept.append(i)
+    return sorted(kept)
+
+
+def _item_fields(item: dict) -> dict:
+    """The catalog's own fields of an item (title, price, ...), without what the store adds."""
+    return {key: value for key, value in item.items()
+            if key not in ("item_id", "category", "images", "main_image", "group")}
+
+
+def _image_ref(image_id: int, info: ImageInfo) -> ImageRef:
+    return ImageRef(image_id, info.item_id, info.source, info.colours)

@@ -65,7 +65,9 @@ def evaluate(engine: Engine, dataset: Path, *, limit: int | None = None, baselin
 
 
 def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> dict[str, Any]:
-    ranked: list[list[str]] = []
+    ranked: list[list[set[str]]] = []
+    duplicate_rates: list[float] = []
+    no_match: list[bool] = []
     category_hits: list[bool] = []
     ious: list[float] = []
     stage_ms: dict[str, float] = defaultdict(float)
@@ -78,7 +80,10 @@ def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> d
                 errors += 1
                 ranked.append([])
                 continue
-            ranked.append([hit.item_id for hit in result.results])
+            ranked.append([{hit.item_id, *hit.also} for hit in result.results])
+            duplicate_rates.append(_duplicate_rate(result.results[: max(CUTOFFS)]))
+            if result.match is not None:
+                no_match.append(result.match == "none")
             if query.get("category") is not None and result.category is not None:
                 category_hits.append(result.category.name == query["category"])
             if query.get("box") and result.boxes:
@@ -90,6 +95,8 @@ def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> d
     metrics.update(
         category_accuracy=_mean(category_hits),
         box_iou=_mean(ious),
+        duplicate_rate=_mean(duplicate_rates),
+        no_match_rate=_mean(no_match),
         errors=errors,
         ms_per_query={stage: round(ms / valid, 2) for stage, ms in stage_ms.items()},
     )
@@ -106,7 +113,7 @@ def _evaluate_baseline(engine: Engine, queries: list[dict], progress: bool) -> d
         catalog.append(pool(backbone.feature_maps(images), "gap"))
     catalog_vectors = np.concatenate(catalog)
     item_of_row = np.array([item_id for _, item_id, _ in rows])
-    ranked: list[list[str]] = []
+    ranked: list[list[set[str]]] = []
     elapsed = 0.0
     for start in tqdm(range(0, len(queries), BATCH), desc="baseline queries", unit="batch", disable=not progress):
         batch = queries[start : start + BATCH]
@@ -124,19 +131,28 @@ def _evaluate_baseline(engine: Engine, queries: list[dict], progress: bool) -> d
                 ranked.append([])
                 continue
             order = np.argsort(-(catalog_vectors @ next(vectors)))
-            ranked.append(list(dict.fromkeys(item_of_row[order[: 20 * max(CUTOFFS)]]))[: max(CUTOFFS)])
+            ranked.append([{item} for item in list(dict.fromkeys(item_of_row[order[: 20 * max(CUTOFFS)]]))[: max(CUTOFFS)]])
         elapsed += time.perf_counter() - began
     metrics = _retrieval_metrics(ranked, [q["item_id"] for q in queries])
     metrics.update(category_accuracy=None, box_iou=None, ms_per_query={"total": round(1000 * elapsed / len(queries), 2)})
     return metrics
 
 
-def _retrieval_metrics(ranked: list[list[str]], truth: list[str]) -> dict[str, Any]:
-    """recall@K (true item in the top K) and mAP@10 (one relevant item: 1 / rank)."""
-    ranks = [found.index(item) + 1 if item in found else None for found, item in zip(ranked, truth)]
+def _retrieval_metrics(ranked: list[list[set[str]]], truth: list[str]) -> dict[str, Any]:
+    """recall@K (a card holding the true item in the top K) and mAP@10 (one relevant item: 1 / rank).
+    A card holds its item and the identical items folded into it."""
+    ranks = [next((rank for rank, card in enumerate(cards, start=1) if item in card), None)
+             for cards, item in zip(ranked, truth)]
     metrics: dict[str, Any] = {f"recall@{k}": _mean([r is not None and r <= k for r in ranks]) for k in CUTOFFS}
     metrics["mAP@10"] = _mean([1.0 / r if r is not None and r <= 10 else 0.0 for r in ranks])
     return metrics
+
+
+def _duplicate_rate(hits: list) -> float:
+    """Share of the results that show the same product as a result above them. The product is the
+    catalog's `product` field where it has one (planted test catalogs), else the product group."""
+    products = [hit.fields.get("product", hit.group or hit.item_id) for hit in hits]
+    return sum(product in products[:rank] for rank, product in enumerate(products)) / max(1, len(products))
 
 
 def _mean(values: list) -> float | None:
@@ -146,7 +162,8 @@ def _mean(values: list) -> float | None:
 def format_table(outcome: dict[str, Any]) -> str:
     """The pipeline and the baseline side by side, as plain text."""
     pipeline, baseline = outcome["pipeline"], outcome.get("baseline", {})
-    names = [f"recall@{k}" for k in CUTOFFS] + ["mAP@10", "category_accuracy", "box_iou"]
+    names = [f"recall@{k}" for k in CUTOFFS] + ["mAP@10", "category_accuracy", "box_iou", "duplicate_rate",
+                                                 "no_match_rate"]
     lines = [f"{outcome['queries']} queries from {outcome['dataset']} against {outcome['index']['items']} items",
              f"{'metric':<20}{'pipeline':>10}{'baseline':>10}"]
     for name in names:

@@ -27,10 +27,28 @@ class Hit:
     image: str
     category: str | None
     fields: dict[str, Any] = field(default_factory=dict)
+    group: str | None = None  # product group: identical items share it
+    also: list[str] = field(default_factory=list)  # identical items folded into this result
+    quality: float | None = None
+    colours: list[dict] = field(default_factory=list)
+    signals: dict[str, float] = field(default_factory=dict)  # what curation changed: score deltas, rank moved
+    curated_score: float | None = None
+    close: bool | None = None  # at or above the calibrated no-match threshold
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.fields, "item_id": self.item_id, "score": round(self.score, 4),
-                "image": self.image, "category": self.category}
+        data = {**self.fields, "item_id": self.item_id, "score": round(self.score, 4),
+                "image": self.image, "category": self.category, "group": self.group or self.item_id,
+                "also": self.also}
+        if self.quality is not None:
+            data["quality"] = round(self.quality, 3)
+        if self.colours:
+            data["colours"] = self.colours
+        if self.signals:
+            data["signals"] = {name: round(value, 4) for name, value in self.signals.items()}
+            data["curated_score"] = round(self.curated_score, 4)
+        if self.close is not None:
+            data["close"] = self.close
+        return data
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class SearchResult:
     timing_ms: dict[str, float] = field(default_factory=dict)
     searched_categories: list[str] = field(default_factory=list)
     explain: list[dict[str, Any]] | None = None
+    match: str | None = None  # "close" or "none" against the calibrated threshold; None: not calibrated
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -71,5 +90,6 @@ class SearchResult:
             "boxes": [{"box": box.as_list(), "score": box.score} for box in self.boxes],
             "results": [hit.to_json() for hit in self.results],
             "timing_ms": {stage: round(ms, 2) for stage, ms in self.timing_ms.items()},
+            **({"match": self.match} if self.match is not None else {}),
             **({"explain": self.explain} if self.explain is not None else {}),
         }
