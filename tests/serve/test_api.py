@@ -145,8 +145,9 @@ def test_get_an_item(client):
     response = client.get("/items/circle-0")
     assert response.status_code == 200
     assert response.json() == {"item_id": "circle-0", "category": "circles", "title": "solid circle", "price": 10,
-                               "url": "https://shop.example/circle-0",
-                               "images": ["/items/circle-0/image", "/items/circle-0/image?n=1"]}
+                               "url": "https://shop.example/circle-0", "group": "circle-0",
+                               "images": ["/items/circle-0/image", "/items/circle-0/image?n=1"],
+                               "main_image": "/items/circle-0/image"}
 
 
 def test_get_an_unknown_item(client, check_error):

@@ -48,8 +48,10 @@ def test_add_an_item_then_find_it(writer, fresh_index, auth, star_photos):
     body = response.json()
     assert body["created"] is True and body["images"] == 2
     assert body["item"] == {"item_id": "new-1", "category": "circles", "title": "rotated circle", "price": 12.5,
-                            "url": "https://shop.example/new-1",
-                            "images": ["/items/new-1/image", "/items/new-1/image?n=1"]}
+                            "url": "https://shop.example/new-1", "group": "new-1",
+                            "images": ["/items/new-1/image", "/items/new-1/image?n=1"],
+                            "main_image": body["item"]["main_image"]}
+    assert body["item"]["main_image"] in body["item"]["images"]  # a URL, never a server path
     # Kept under the index by content hash, never by the client's file name.
     kept = sorted(path.name for path in (fresh_index / "uploads").iterdir())
     assert kept == sorted(f"{hashlib.sha256(photo).hexdigest()}.png" for photo in star_photos)
@@ -83,7 +85,8 @@ def test_an_item_without_category_or_fields(writer, auth, star_photos):
     response = writer.post("/items", files={"image": ("a.png", star_photos[0], "image/png")},
                            data={"item_id": "plain"}, headers=auth)
     assert response.status_code == 201, response.text
-    assert writer.get("/items/plain").json() == {"item_id": "plain", "category": None, "images": ["/items/plain/image"]}
+    assert writer.get("/items/plain").json() == {"item_id": "plain", "category": None, "group": "plain",
+                                                 "images": ["/items/plain/image"], "main_image": "/items/plain/image"}
 
 
 def test_delete_an_item(writer, auth, shopper_jpeg, check_error):

@@ -29,8 +29,12 @@ def item_image_url(item_id: str, n: int = 0) -> str:
 
 
 def public_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An item as the API shows it: images as URLs, never as server paths."""
-    return {**item, "images": [item_image_url(item["item_id"], n) for n in range(len(item["images"]))]}
+    """An item as the API shows it: images, and the main one the engine chose, as URLs, never as server paths."""
+    public = {**item, "images": [item_image_url(item["item_id"], n) for n in range(len(item["images"]))]}
+    if "main_image" in item:
+        main = item["main_image"]
+        public["main_image"] = item_image_url(item["item_id"], item["images"].index(main)) if main else None
+    return public
 
 
 async def _item_or_404(service: Service, item_id: str) -> dict[str, Any]:
