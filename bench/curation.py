@@ -12,7 +12,9 @@ with SIMULATED shopper photos of the original products as queries reports:
 * `snapshop eval` with curation on and off: recall@K (a card counts when it holds the true product
   among its folded items), duplicate cards in the top 10;
 * for queries whose product has a low-quality twin: how often the twin ranks below its clean
-  photo (curation on, identical items not folded, so both can be seen).
+  photo (curation on, identical items not folded, so both can be seen);
+* for queries whose product has a colour variant: how often the variant is suggested on the
+  product's card ("same product, other colour").
 """
 
 from __future__ import annotations
@@ -67,6 +69,42 @@ def twin_order(index: Path, queries: Path, rows: dict[str, dict]) -> dict:
     return outcome
 
 
+def duplicate_cards(index: Path, queries: Path, rows: dict[str, dict], overrides: dict) -> dict:
+    """Top-10 cards showing a product already shown above them: any (low-quality twins included),
+    and those where both cards are the original or a planted copy (the planted duplicates)."""
+    engine = Engine.open(index, load_settings({"index": str(index), **overrides}))
+    repeats = copies = cards = 0
+    for query in read_queries(queries):
+        first: dict[str, str] = {}  # product -> the item of its first card
+        for hit in engine.search([Query("q", query["path"])], k=10)[0].results:
+            product = rows[hit.item_id]["product"]
+            cards += 1
+            if product in first:
+                repeats += 1
+                copies += all(rows[item].get("planted") not in LOW_QUALITY_KINDS for item in (hit.item_id, first[product]))
+            else:
+                first[product] = hit.item_id
+    engine.close()
+    return {"repeated_product_cards": round(repeats / cards, 4), "planted_copy_cards": round(copies / cards, 4)}
+
+
+def variant_suggestions(index: Path, queries: Path, rows: dict[str, dict]) -> dict:
+    """For queries whose product has a colour variant: is it suggested on the product's card?"""
+    variant_of = {item[: -len("_var")]: item for item, row in rows.items() if row.get("planted") == "variant"}
+    engine = Engine.open(index, load_settings({"index": str(index)}))
+    suggested = shown = 0
+    for query in read_queries(queries):
+        if query["item_id"] not in variant_of:
+            continue
+        hits = engine.search([Query("q", query["path"])], k=10)[0].results
+        card = next((hit for hit in hits if query["item_id"] in {hit.item_id, *hit.also}), None)
+        if card is not None:
+            shown += 1
+            suggested += variant_of[query["item_id"]] in card.other_colours
+    engine.close()
+    return {"queries_with_card_in_top_10": shown, "variant_suggested": round(suggested / max(1, shown), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/curation"))
@@ -96,7 +134,9 @@ def main() -> None:
         engine.close()
         report[name] = {key: metrics[key] for key in ("recall@1", "recall@10", "duplicate_rate", "no_match_rate")}
         report[name]["ms_per_query"] = metrics["ms_per_query"]
+        report[name]["top_10"] = duplicate_cards(index, queries, rows, overrides)
     report["twins"] = twin_order(index, queries, rows)
+    report["other_colours"] = variant_suggestions(index, queries, rows)
     print(json.dumps(report, indent=2))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from snapshop.curate.rerank import Candidate, CurationOptions, curate
+from snapshop.curate.rerank import Candidate, CurationOptions, curate, other_colours
 
 RED, BLUE = [{"name": "red", "share": 1.0}], [{"name": "blue", "share": 1.0}]
 
@@ -52,3 +52,20 @@ def test_diversity_pushes_down_a_near_copy_of_a_better_result():
 
 def test_k_limits_the_cards():
     assert len(curate(candidates(), CurationOptions(), k=2)) == 2
+
+
+def test_the_same_shape_in_another_colour_is_suggested():
+    pool = candidates() + [Candidate("b-red", 5, 0.7, "b-red", 0.9, RED)]
+    features = {1: np.array([1.0, 0.0]), 2: np.array([1.0, 0.0]), 3: np.array([0.0, 1.0]),
+                4: np.array([0.6, 0.8]), 5: np.array([0.6, 0.8])}
+    cards = curate(pool, CurationOptions(), k=10)
+    by_id = {card.candidate.item_id: card for card in cards}
+    assert other_colours(by_id["b"], pool, features) == ["b-red"]
+    assert other_colours(by_id["a"], pool, features) == []  # a-copy is the same product, not a variant
+
+
+def test_a_group_shown_by_another_member_keeps_its_rank_report():
+    pool = [Candidate("poor", 1, 0.9, "g", 0.1, RED), Candidate("good", 2, 0.89, "g", 0.9, RED),
+            Candidate("c", 3, 0.5, "c", 0.9, BLUE)]
+    cards = curate(pool, CurationOptions(collapse=True, quality_weight=0.2), k=10)
+    assert ids(cards) == ["good", "c"] and cards[0].also == ["poor"] and "moved" not in cards[0].signals

@@ -82,6 +82,16 @@ def test_search_an_unknown_category(client, shopper_jpeg, check_error):
     assert "hats" in message and "circles" in message
 
 
+def test_search_one_colour(client, shopper_jpeg, check_error):
+    every = client.post("/search", files=upload(shopper_jpeg("circle-1")), data={"k": "12"}).json()["results"]
+    colour = every[0]["colours"][0]["name"]
+    kept = client.post("/search", files=upload(shopper_jpeg("circle-1")), data={"k": "12", "colour": colour}).json()
+    assert kept["results"] and len(kept["results"]) < len(every)
+    assert all(colour in {c["name"] for c in hit["colours"]} for hit in kept["results"])
+    assert "known colours" in check_error(
+        client.post("/search", files=upload(shopper_jpeg("circle-1")), data={"colour": "octarine"}), 400, "bad_request")
+
+
 @pytest.mark.parametrize("k", ["0", "101", "many"])
 def test_search_a_bad_k(client, shopper_jpeg, check_error, k):
     assert "k" in check_error(client.post("/search", files=upload(shopper_jpeg("circle-1")), data={"k": k}),
@@ -166,6 +176,12 @@ def test_get_an_items_images(client, catalog):
 def test_result_links_serve_the_result_images(client, catalog, shopper_jpeg):
     hit = client.post("/search", files=upload(shopper_jpeg("square-3")), data={"k": "1"}).json()["results"][0]
     assert client.get(hit["image"]).content == catalog.image("square-3").read_bytes()
+
+
+def test_a_result_links_the_image_that_matched(client, catalog):
+    back = catalog.images["circle-0"][1]
+    hit = client.post("/search", files=upload(back.read_bytes(), "back.png", "image/png"), data={"k": "1"}).json()["results"][0]
+    assert hit["item_id"] == "circle-0" and client.get(hit["image"]).content == back.read_bytes()
 
 
 def test_get_an_image_that_does_not_exist(client, check_error):

@@ -133,6 +133,7 @@ def status(page) -> tuple[str, str]:
 
 def test_upload_see_boxes_and_results_click_a_result_switch_category(visit, live_server, shopper_jpeg):
     page = visit().page
+    page.wait_for_selector(".chip")  # the chips come from GET /stats, after the page has loaded
     assert page.locator(".chip").all_inner_texts() == ["Any category", "circles", "squares", "triangles"]
 
     searched(page, lambda: page.set_input_files("#file", photo_file(shopper_jpeg("square-1"))))

@@ -19,6 +19,7 @@ WORK_SIDE = 256  # the product's box is measured at this longer side
 GOOD_SIDE = 400  # a product shown this large (pixels, shorter side of its box) or larger is sharp enough
 POOR_SIDE = 48
 GLYPH_CONTRAST = 28  # grey levels above or below the 9x9 neighbourhood mean
+MIN_LINE = 4  # glyphs side by side that make a line of text
 WEIGHTS = {"resolution": 0.2, "sharpness": 0.2, "exposure": 0.25, "backdrop": 0.15, "overlay": 0.2}
 CLUTTERED_BACKDROP = 0.25
 FLOOR = 0.05
@@ -76,12 +77,12 @@ def text_overlay(image: Image.Image) -> float:
 
     A glyph is a connected blob of strong local contrast (darker or lighter than its
     surroundings), 2.5-15% of the photo high, no wider than 1.5 times its height, filling
-    15-65% of its box (strokes, not solid blocks or texture cells); text is glyphs standing
-    next to each other on one baseline. The score counts glyphs with a neighbour: 10 or more is 1."""
+    15-65% of its box (strokes, not solid blocks or texture cells). Text is a line of at least
+    MIN_LINE glyphs side by side on one baseline. The score counts glyphs in lines: 12 or more is 1."""
     grey = _grey(image)
     contrast = grey - ndimage.uniform_filter(grey, 9)
     height = grey.shape[0]
-    in_words = 0
+    in_lines = 0
     for strokes in (contrast < -GLYPH_CONTRAST, contrast > GLYPH_CONTRAST):
         labels, _ = ndimage.label(strokes)
         glyphs = []
@@ -90,7 +91,18 @@ def text_overlay(image: Image.Image) -> float:
             if 0.025 * height <= h <= 0.15 * height and 0.15 * h <= w <= 1.5 * h \
                     and 0.15 <= (labels[found] == number).mean() <= 0.65:
                 glyphs.append((found[0].stop, h, found[1].start, found[1].stop))
-        for bottom, h, _, right in glyphs:
-            in_words += any(abs(b - bottom) <= 0.2 * h and 0.7 <= hh / h <= 1.4 and 0 < left - right <= 0.8 * h
-                            for b, hh, left, _ in glyphs)
-    return float(np.clip(in_words / 10.0, 0.0, 1.0))
+        line_of = list(range(len(glyphs)))  # union-find over "next glyph on the same line"
+        for i, (bottom, h, _, right) in enumerate(glyphs):
+            for j, (other_bottom, other_h, left, _) in enumerate(glyphs):
+                if abs(other_bottom - bottom) <= 0.2 * h and 0.7 <= other_h / h <= 1.4 and 0 < left - right <= 0.8 * h:
+                    line_of[_root(line_of, i)] = _root(line_of, j)
+        sizes = np.bincount([_root(line_of, i) for i in range(len(glyphs))], minlength=1)
+        in_lines += int(sizes[sizes >= MIN_LINE].sum())
+    return float(np.clip(in_lines / 12.0, 0.0, 1.0))
+
+
+def _root(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i

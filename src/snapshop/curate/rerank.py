@@ -7,7 +7,8 @@ and can be turned off; the output cards say which signals moved them.
 * colour: `+ colour_weight * overlap` with the query product's colours; a colour filter keeps
   only products showing that colour;
 * identical items: one card per product group, the others listed in `also`;
-* diversity: greedily, `- diversity * max cosine` to the cards already chosen (MMR).
+* diversity: greedily, `- diversity * max cosine` to the cards already chosen (MMR);
+* other colours: candidates shaped like a card's product but in other colours are suggested.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from snapshop.curate.colour import colour_overlap, has_colour
+
+VARIANT_COSINE = 0.8  # images at least this close show the same model (measured: docs/benchmarks.md)
+VARIANT_COLOUR_OVERLAP = 0.3
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,33 @@ def curate(candidates: list[Candidate], options: CurationOptions, k: int,
     if options.diversity and features:
         cards = _diversify(cards, features, options.diversity, k)
     chosen = cards[:k]
+    key = (lambda c: c.group) if options.collapse else (lambda c: c.item_id)  # a card is its group when folded
     plain = sorted((Card(c, c.score) for c in candidates), key=lambda card: -card.score)
-    plain_rank = {card.candidate.item_id: rank for rank, card in enumerate(_collapse(plain) if options.collapse else plain)}
+    plain_rank = {key(card.candidate): rank for rank, card in enumerate(_collapse(plain) if options.collapse else plain)}
     for rank, card in enumerate(chosen):
-        moved = plain_rank[card.candidate.item_id] - rank
+        moved = plain_rank[key(card.candidate)] - rank
         if moved:
             card.signals["moved"] = moved
     return chosen
+
+
+def other_colours(card: Card, candidates: list[Candidate], features: dict[int, np.ndarray], *,
+                  min_cosine: float = VARIANT_COSINE, max_overlap: float = VARIANT_COLOUR_OVERLAP,
+                  limit: int = 3) -> list[str]:
+    """"Same product, other colour": candidates shaped like the card's product (cosine of their
+    images at least `min_cosine`) whose colours it barely shares, best match first."""
+    mine = features.get(card.candidate.image_id)
+    if mine is None:
+        return []
+    folded = {card.candidate.item_id, *card.also}
+    found = []
+    for other in candidates:
+        if other.item_id in folded or other.group == card.candidate.group or other.image_id not in features:
+            continue
+        cosine = float(features[other.image_id] @ mine)
+        if cosine >= min_cosine and colour_overlap(card.candidate.colours, other.colours) <= max_overlap:
+            found.append((cosine, other.item_id))
+    return [item_id for _, item_id in sorted(found, reverse=True)[:limit]]
 
 
 def _collapse(cards: list[Card]) -> list[Card]:

@@ -36,7 +36,7 @@ from snapshop.index.store import ImageInfo, MetadataStore, NewImage
 from snapshop.curate.colour import check_colour, dominant_colours
 from snapshop.curate.duplicates import DuplicateRules, DuplicateVerifier, ImageRef
 from snapshop.curate.quality import image_quality
-from snapshop.curate.rerank import Candidate, CurationOptions, curate
+from snapshop.curate.rerank import Candidate, CurationOptions, curate, other_colours
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
 from snapshop.models.augment import is_clean_shot
@@ -644,21 +644,22 @@ class Engine:
                                                     image.quality, image.colours)
             if len(pool) >= wanted:
                 break
-        features = None
-        if options.diversity:
-            vectors = self.store.vectors([c.image_id for c in pool.values()])
-            unit = vectors.features.astype(np.float32)
-            unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-            features = dict(zip(vectors.image_ids.tolist(), unit))
+        vectors = self.store.vectors([c.image_id for c in pool.values()])
+        unit = vectors.features.astype(np.float32)
+        unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        features = dict(zip(vectors.image_ids.tolist(), unit))
         threshold = self.match_threshold if self.settings.no_match else None
         hits = []
         for card in curate(list(pool.values()), options, k, features):
             candidate = card.candidate
+            variants = other_colours(card, list(pool.values()), features)
             item = self.store.item(candidate.item_id) or {}
             image = sources[candidate.image_id]
-            hits.append(Hit(candidate.item_id, candidate.score, image.source, image.category or None, _item_fields(item), group=candidate.group, also=card.also, quality=candidate.quality,
+            hits.append(Hit(candidate.item_id, candidate.score, image.source, image.category or None,
+                            _item_fields(item), group=candidate.group, also=card.also, quality=candidate.quality,
                             colours=candidate.colours, signals=card.signals, curated_score=card.score,
-                            close=None if threshold is None else candidate.score >= threshold))
+                            close=None if threshold is None else candidate.score >= threshold,
+                            other_colours=variants, image_number=_position(item.get("images", []), image.source)))
         return hits
 
     @property
@@ -791,6 +792,10 @@ def _distinct_images(images: list[NewImage], descriptors: np.ndarray) -> list[in
         if all(float(unit[i] @ unit[j]) < SAME_IMAGE_COSINE for j in kept):
             kept.append(i)
     return sorted(kept)
+
+
+def _position(sources: list[str], source: str) -> int:
+    return sources.index(source) if source in sources else 0
 
 
 def _item_fields(item: dict) -> dict:

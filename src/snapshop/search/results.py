@@ -34,6 +34,8 @@ class Hit:
     signals: dict[str, float] = field(default_factory=dict)  # what curation changed: score deltas, rank moved
     curated_score: float | None = None
     close: bool | None = None  # at or above the calibrated no-match threshold
+    other_colours: list[str] = field(default_factory=list)  # the same model in other colours
+    image_number: int = 0  # position of `image` among the item's images
 
     def to_json(self) -> dict[str, Any]:
         data = {**self.fields, "item_id": self.item_id, "score": round(self.score, 4),
@@ -48,6 +50,8 @@ class Hit:
             data["curated_score"] = round(self.curated_score, 4)
         if self.close is not None:
             data["close"] = self.close
+        if self.other_colours:
+            data["other_colours"] = self.other_colours
         return data
 
 

@@ -45,6 +45,7 @@ class SearchJob:
     query: Query
     k: int
     category: str | None
+    colour: str | None = None
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -77,7 +78,7 @@ class Service:
         # max_batch is shared out: a worker that finds a long queue leaves some of it to the others.
         self.batcher: MicroBatcher[SearchJob, SearchResult] = MicroBatcher(
             self._search_batch, wait_ms=settings.batch_wait_ms, max_batch=math.ceil(settings.max_batch / self.workers),
-            workers=self.workers, key=lambda job: (job.k, job.category), name="snapshop-search")
+            workers=self.workers, key=lambda job: (job.k, job.category, job.colour), name="snapshop-search")
 
     @property
     def writes_enabled(self) -> bool:
@@ -122,9 +123,10 @@ class Service:
         return len(self._engines)
 
     def _search_batch(self, worker: int, jobs: list[SearchJob]) -> list[SearchResult]:
-        """A batcher worker's work: one `Engine.search` on its engine for jobs sharing k and category."""
+        """A batcher worker's work: one `Engine.search` on its engine for jobs sharing k, category and colour."""
         with self._locks[worker]:
-            return self._engines[worker].search([job.query for job in jobs], k=jobs[0].k, category=jobs[0].category)
+            return self._engines[worker].search([job.query for job in jobs], k=jobs[0].k, category=jobs[0].category,
+                                                colour=jobs[0].colour)
 
     def close(self) -> None:
         self.batcher.close()

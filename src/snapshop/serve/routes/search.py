@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from snapshop.curate.colour import check_colour
 from snapshop.search.results import Query
 from snapshop.serve.errors import APIError
 from snapshop.serve.routes.items import item_image_url
@@ -26,6 +27,7 @@ async def search(
                                              "pixels of the upright photo."),
     category: str | None = Form(None, description="Search only this category; empty: the predicted one."),
     k: int | None = Form(None, ge=1, le=MAX_K, description="Results to return [default: setting k]."),
+    colour: str | None = Form(None, description="Keep only products of this basic colour (red, navy, ...)."),
     service: Service = Depends(get_service),
 ) -> dict[str, Any]:
     """Find the products in a photo. Concurrent searches are batched into one CNN call.
@@ -33,17 +35,19 @@ async def search(
     Returns the `snapshop search --json` object with `results[].image` as a URL, plus
     `query_id` / `query_image` (the kept photo, for POST /clicks), `image_size` and `batch`.
     """
+    wanted_colour = check_colour(colour) if colour else None
     data = await image.read()
     photo = await run_in_threadpool(service.keep_query_photo, data)
     query_box = _parse_box(box, photo) if box else None
     name = f"queries/{photo.path.name}"
-    answer = await service.search(SearchJob(Query(name, data, query_box), k or service.settings.k, category or None))
+    answer = await service.search(SearchJob(Query(name, data, query_box), k or service.settings.k, category or None,
+                                             wanted_colour))
     result = answer.value
     if result.error is not None:
         raise APIError(400, "bad_image", result.error)
     body = result.to_json()
-    for hit in body["results"]:
-        hit["image"] = item_image_url(hit["item_id"])
+    for hit, found in zip(body["results"], result.results):
+        hit["image"] = item_image_url(hit["item_id"], found.image_number)  # the image that matched
     body.update(query_id=photo.id, query_image=name, image_size=[photo.width, photo.height],
                 batch={"size": answer.batch_size, "queued_ms": round(answer.queued_ms, 2), "worker": answer.worker})
     return body

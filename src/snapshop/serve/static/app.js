@@ -298,6 +298,14 @@ function drawResults(hits) {
     score.className = "score";
     score.textContent = `score ${Number(hit.score).toFixed(2)}`;
     meta.append(price, score);
+    if (hit.also && hit.also.length) {
+      const sellers = document.createElement("span");
+      sellers.className = "sellers";
+      sellers.textContent = `${hit.also.length + 1} sellers`;
+      sellers.title = [hit.item_id, ...hit.also].join(", ");
+      meta.append(sellers);
+    }
+    if (hit.close === false) item.classList.add("far");
     open.append(image, title, meta);
     open.addEventListener("click", () => {
       logClick(hit.item_id);
