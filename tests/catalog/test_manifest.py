@@ -52,6 +52,7 @@ def test_relative_manifest_path_resolves_images_from_the_working_folder(tmp_path
     write_jsonl(tmp_path / "shop" / "catalog.jsonl", [{"item_id": "a", "image": "a.png"}])
     monkeypatch.chdir(tmp_path)
     row = read_catalog("shop/catalog.jsonl").rows[0]
+    assert row.image.is_absolute()  # stored so: a server started in another folder finds it
     assert row.image.resolve() == (tmp_path / "shop" / "a.png").resolve()
 
 

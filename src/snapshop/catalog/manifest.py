@@ -58,6 +58,7 @@ def read_catalog(source: str | Path) -> Catalog:
     path = Path(source)
     if not path.exists():
         raise ManifestError(f"{path}: no such catalog file or folder")
+    path = path.absolute()  # image paths are stored absolute: a server started elsewhere still finds them
     if path.is_dir():
         rows, errors = _read_folder(path), []
     elif path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
