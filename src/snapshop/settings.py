@@ -120,7 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", 8000, "TCP port `snapshop serve` listens on.", int, minimum=1, maximum=65535),
     Setting("admin_token", "", "Bearer token that catalog writes over HTTP need; empty: writes disabled.", str,
             secret=True),
-    Setting("batch_wait_ms", 5.0, "How long the server waits for more searches to batch with one that arrived alone.",
+    Setting("batch_wait_ms", 5.0, "How long a search waits for company while another batch runs (an idle server starts it at once).",
             float, minimum=0, maximum=1000),
     Setting("max_batch", 4, "Most searches the server runs at once, shared out among its search workers' batches.",
             int, minimum=1, maximum=256),
