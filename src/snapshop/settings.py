@@ -103,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("no_match", True, "Mark results under the calibrated score threshold; say when none is close.", _boolean),
     Setting("duplicate_accept", 0.97, "Cosine from which two items are identical without further checks.", float,
             minimum=0, maximum=1),
-    Setting("duplicate_candidate", 0.7, "Cosine from which two items are checked geometrically for being identical.",
+    Setting("duplicate_candidate", 0.4, "Cosine from which two items are checked geometrically for being identical.",
             float, minimum=0, maximum=1),
     Setting("duplicate_inliers", 10, "Keypoint matches under one transform needed for two photos to be identical.",
             int, minimum=3),

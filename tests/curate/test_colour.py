@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from snapshop.curate.colour import check_colour, colour_overlap, dominant_colours, has_colour
+from snapshop.curate.colour import check_colour, colour_match, colour_overlap, dominant_colours, has_colour
 from snapshop.errors import SnapshopError
 
 
@@ -38,3 +38,12 @@ def test_overlap_filter_and_names():
     assert check_colour("Navy") == "navy"
     with pytest.raises(SnapshopError, match="known colours"):
         check_colour("octarine")
+
+
+def test_colours_match_by_distance_not_by_name():
+    near_black = [{"name": "black", "hex": "#2a2a2a", "share": 0.9}]
+    charcoal_ish = [{"name": "grey", "hex": "#303030", "share": 0.9}]  # another name, nearly the same colour
+    red = [{"name": "red", "hex": "#c81e23", "share": 0.9}]
+    assert colour_match(near_black, charcoal_ish) == pytest.approx(0.9)
+    assert colour_overlap(near_black, charcoal_ish) == 0.0
+    assert colour_match(near_black, red) == 0.0

@@ -26,6 +26,7 @@ SAMPLE_SIDE = 64
 BACKDROP_DISTANCE = 12.0  # CIELAB distance within which a pixel is taken for the backdrop
 PLAIN_BORDER_SPREAD = 6.0  # a border whose colours vary less than this (CIELAB) is a plain backdrop
 MIN_SHARE = 0.1
+SAME_COLOUR_DELTA = 12.0  # CIELAB distance within which two product colours are the same colour
 _NAMES = list(BASIC_COLOURS)
 _NAMED_LAB = rgb2lab(np.array([list(BASIC_COLOURS.values())], np.float64) / 255.0)[0]
 
@@ -84,6 +85,23 @@ def colour_overlap(a: list[dict], b: list[dict]) -> float:
     """0-1: the share of colour two products have in common (intersection of their named shares)."""
     shares_b = {c["name"]: c["share"] for c in b}
     return float(sum(min(c["share"], shares_b.get(c["name"], 0.0)) for c in a))
+
+
+def colour_match(a: list[dict], b: list[dict], *, max_delta: float = SAME_COLOUR_DELTA) -> float:
+    """0-1: the share of colour two products have in common, matching colours by CIELAB distance
+    (not by name, so a shade on the border between two names still matches itself)."""
+    def lab(colour: dict) -> np.ndarray:
+        rgb = np.array([int(colour["hex"][i : i + 2], 16) for i in (1, 3, 5)], np.float64) / 255.0
+        return rgb2lab(rgb[None, None, :])[0, 0]
+
+    left, right = [(lab(c), c["share"]) for c in a], [[lab(c), c["share"]] for c in b]
+    shared = 0.0
+    for colour, share in left:
+        for other in right:
+            if other[1] > 0 and np.linalg.norm(colour - other[0]) <= max_delta:
+                taken = min(share, other[1])
+                shared, share, other[1] = shared + taken, share - taken, other[1] - taken
+    return float(shared)
 
 
 def has_colour(colours: list[dict], name: str, *, min_share: float = 0.25) -> bool:

@@ -1,14 +1,14 @@
 """Identical-item detection: the same product listed twice (another seller, a re-upload).
 
-Candidates are an image's nearest catalog images by float cosine. A pair is the same product when
+Candidates are an image's few nearest catalog images by float cosine. A pair is the same product when
 
 * its cosine is at least `accept_cosine` (the embedding alone is sure), or
 * its cosine is at least `min_cosine` and the two photos verify geometrically: ORB keypoints
   matched under one similarity transform (RANSAC, at least `min_inliers` inliers), and the
   photos, aligned by that transform, correlate at least `min_correlation` where the product is;
 
-and, in both cases, the products share most of their dominant colours (a model in another
-colour is a variant, not a duplicate). Groups are the connected components of verified pairs.
+and, in both cases, the products share most of their dominant colours, matched by CIELAB
+distance (a model in another colour is a variant, not a duplicate). Groups are the connected components of verified pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from skimage.feature import ORB, match_descriptors
 from skimage.measure import ransac
 from skimage.transform import SimilarityTransform, warp
 
-from snapshop.curate.colour import colour_overlap
+from snapshop.curate.colour import colour_match
 
 VERIFY_SIDE = 256
 KEYPOINTS = 400
@@ -60,9 +60,9 @@ class DuplicateRules:
     """Thresholds of the duplicate test (settings)."""
 
     accept_cosine: float = 0.97
-    min_cosine: float = 0.75
-    min_inliers: int = 20
-    min_correlation: float = 0.85
+    min_cosine: float = 0.4
+    min_inliers: int = 10
+    min_correlation: float = 0.95
     min_colour_overlap: float = 0.5
 
 
@@ -76,7 +76,7 @@ class DuplicateVerifier:
 
     def check(self, a: ImageRef, b: ImageRef, cosine: float) -> PairCheck:
         rules = self.rules
-        overlap = colour_overlap(a.colours, b.colours)
+        overlap = colour_match(a.colours, b.colours)
         if cosine < rules.min_cosine or overlap < rules.min_colour_overlap:
             return PairCheck(cosine, overlap)
         if cosine >= rules.accept_cosine:

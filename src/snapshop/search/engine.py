@@ -57,7 +57,7 @@ MAX_VIEWS = 3000
 MIN_VIEWS = 20
 KNN_SHORTLIST_PER_VOTE = 10  # Hamming candidates per kNN vote re-ranked for the category vote
 SAME_IMAGE_COSINE = 0.99  # two images of one item this close are stored once
-DUPLICATE_NEIGHBOURS = 10  # nearest images of each new image checked for being identical items
+DUPLICATE_NEIGHBOURS = 3  # nearest images of each new image checked for being identical items
 CURATION_POOL = 5  # candidate items curated per result asked for
 MIN_MATCH_SEPARATION = 0.75  # a no-match threshold separating true from false matches worse than this is not used
 
@@ -438,7 +438,8 @@ class Engine:
             info = self.store.image_info(np.unique(np.concatenate([found.image_ids.ravel(), vectors.image_ids[rows]])))
             for image_id, neighbours, scores in zip(vectors.image_ids[rows], found.image_ids, found.scores):
                 mine = info.get(int(image_id))
-                for other_id, cosine in zip(neighbours, scores):
+                nearest = slice(0, DUPLICATE_NEIGHBOURS + 1)  # itself included; partitions are merged best first
+                for other_id, cosine in zip(neighbours[nearest], scores[nearest]):
                     other = info.get(int(other_id))
                     if mine is None or other is None or other.item_id == mine.item_id \
                             or cosine < rules.min_cosine:
