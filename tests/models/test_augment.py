@@ -107,3 +107,14 @@ def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone):
     encoder.objectness = views.objectness
     learned = mean_iou()
     assert learned > 0.4 and learned > scda + 0.05
+
+
+def test_several_views_per_image_describe_each_catalog_image_once(backbone):
+    encoder = ImageEncoder(backbone, pooling="gem", detect_size=448, box_threshold=0.5)
+    catalog = [product_image(shape, 0) for shape in ("circle", "square", "triangle")]
+    views = describe_views(encoder, catalog, np.array([4, 7, 9]), views_per_image=2, seed=2)
+    assert views.rows.tolist() == [4, 4, 7, 7, 9, 9]
+    for described in (views.truth, views.found, views.catalog):
+        assert described.pooled.shape == (6, 1280) and described.layout.shape == (6, 9 * 1280)
+    assert np.array_equal(views.catalog.pooled[0], views.catalog.pooled[1])  # one catalog image, described once
+    assert not np.allclose(views.truth.pooled[0], views.truth.pooled[1])  # two different views of it

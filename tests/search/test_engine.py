@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from snapshop.catalog.manifest import Catalog, read_catalog
 from snapshop.errors import IndexError_, SnapshopError
 from snapshop.index.folder import IndexFolder
-from snapshop.search.engine import Engine
+from snapshop.models.encoder import Descriptions
+from snapshop.models.fitting import CatalogViews
+from snapshop.search.engine import Engine, _layout_examples
 from snapshop.search.results import Query
 
 STAGES = {"decode", "category", "detect", "embed", "search", "curate"}
@@ -397,3 +400,15 @@ def test_changing_an_items_category_moves_it(writer, catalog, tmp_path):
     assert writer.stats()["partitions"] == {"circles": 6, "squares": 3, "triangles": 4}
     forced = writer.search([Query("q", catalog.image("square-0"))], k=3, category="circles")[0]
     assert top_ids(forced) == ["square-0"] and forced.results[0].category == "circles"
+
+
+def test_classifier_examples_take_each_catalog_image_once_and_every_view():
+    def described(offset: float) -> Descriptions:
+        return Descriptions(np.zeros((4, 2)), offset + np.arange(4, dtype=np.float16)[:, None] * np.ones((1, 3)))
+
+    views = CatalogViews(rows=np.array([0, 0, 1, 1]), truth=described(10), found=described(20), catalog=described(0),
+                         objectness=None)
+    shown = np.array([5, 6])[views.rows]
+    examples, labels = _layout_examples(views, np.array([True, True, False, False]), shown)
+    assert examples[:, 0].tolist() == [0, 10, 11, 20, 21]  # catalog image 0 once, both its views twice
+    assert labels.tolist() == [5] * 5

@@ -1,7 +1,7 @@
 """Synthetic views of a catalog, described for fitting: objectness, whitening, classifier.
 
-For a sample of catalog images, `describe_views` composes one synthetic view each
-(`models.augment`) and runs the localization pass on it; views of clean shots, whose
+For a sample of catalog images, `describe_views` composes `views_per_image` synthetic
+views each (`models.augment`) and runs the localization pass on them; views of clean shots, whose
 product masks are exact, accumulate the objectness model. Each view is then described twice, like a query: on its (jittered) true product
 box, and on the box the objectness model fitted so far finds in it, which is the crop a
 shopper's photo will actually get, misses included. The catalog image itself is described
@@ -45,32 +45,38 @@ class CatalogViews:
 
 
 def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: np.ndarray, *, seed: int = 0,
-                   progress: bool = False) -> CatalogViews:
-    """One synthetic view per image: objectness statistics and descriptions of its product crops."""
+                   views_per_image: int = 1, progress: bool = False) -> CatalogViews:
+    """`views_per_image` synthetic views per image (each catalog image described once, its
+    description repeated per view): objectness statistics and descriptions of product crops."""
     rng = np.random.default_rng(seed)
     scenes = generic_photos()
     objectness = ObjectnessModel()
     parts: dict[str, list[Descriptions]] = {"truth": [], "found": [], "catalog": []}
     for start in tqdm(range(0, len(images), BATCH), desc="synthetic views", unit="batch", disable=not progress):
         batch = images[start : start + BATCH]
-        views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng) for image in batch]
+        views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng)
+                 for image in batch for _ in range(views_per_image)]
+        sources = [image for image in batch for _ in range(views_per_image)]
         maps = encoder.backbone.feature_maps([view.image for view in views], encoder.detect_size)
         # Boxes from the model fitted on the views before this batch: out of sample, as for a query.
         current = objectness if objectness.can_solve else encoder.objectness
         found = [_main_box(current, m, view.image.size) for m, view in zip(maps, views)]
-        clean = [i for i, image in enumerate(batch) if is_clean_shot(image)]  # a product's true silhouette
+        clean = [i for i, image in enumerate(sources) if is_clean_shot(image)]  # a product's true silhouette
         objectness.partial_fit(maps[clean], [views[i].mask for i in clean])
         if objectness.can_solve:
             objectness.solve()
         parts["truth"].append(encoder.describe_regions(
             [crop(view.image, jitter_box(view.box, view.image.size, rng)) for view in views]))
         parts["found"].append(encoder.describe_regions([crop(view.image, box) for view, box in zip(views, found)]))
-        parts["catalog"].append(encoder.describe_regions(
-            [crop(image, boxes[0]) for image, boxes in zip(batch, encoder.locate(batch))]))
+        located = encoder.locate(batch)
+        catalog = encoder.describe_regions([crop(image, boxes[0]) for image, boxes in zip(batch, located)])
+        parts["catalog"].append(Descriptions(np.repeat(catalog.pooled, views_per_image, axis=0),
+                                             np.repeat(catalog.layout, views_per_image, axis=0)))
     joined = {name: Descriptions(np.concatenate([d.pooled for d in described]),  # layouts in half precision:
                                  np.concatenate([d.layout.astype(np.float16) for d in described]))  # 9x the size
               for name, described in parts.items()}
-    return CatalogViews(rows=np.asarray(rows), objectness=objectness if objectness.can_solve else None, **joined)
+    return CatalogViews(rows=np.repeat(np.asarray(rows), views_per_image),
+                        objectness=objectness if objectness.can_solve else None, **joined)
 
 
 def _main_box(objectness: ObjectnessModel | None, feature_map: np.ndarray, size: tuple[int, int]) -> list[int]:
