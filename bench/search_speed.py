@@ -7,7 +7,8 @@ photos) and its index, then on SIMULATED shopper photos searched with the full p
 (localization on, default settings):
 
 * ms per query per stage at batch 1 and batch 32 (the search stage is Hamming shortlist +
-  float re-rank + grouping, compared with the CNN passes: detect + embed);
+  float re-rank, compared with the CNN passes: detect + embed; one result per item, identical
+  items folded and the rest of curation are the separate "curate" stage);
 * recall@10 of binary search + re-rank against exact float cosine over the same vectors.
 """
 
