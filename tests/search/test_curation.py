@@ -108,3 +108,31 @@ def test_the_same_image_twice_in_one_item_is_stored_once(writer, catalog, tmp_pa
         {"item_id": "twice", "image": str(catalog.image("square-1")), "category": "squares"},
         {"item_id": "twice", "image": str(catalog.image("square-1")), "category": "squares"}]))
     assert (report.images, report.images_merged) == (1, 1)
+
+
+def test_a_query_with_nothing_above_the_threshold_says_no_close_match(writer, catalog, make_settings, tmp_path):
+    from PIL import Image
+
+    from snapshop.models.projection import save_arrays
+
+    with writer.store.transaction():  # a calibration that separates well, with a threshold no result reaches
+        writer.store.save_fitted("match", save_arrays(), {"threshold": 0.999, "balanced_accuracy": 0.9})
+    noise = tmp_path / "noise.png"
+    Image.effect_noise((300, 300), 90).convert("RGB").save(noise)
+    engine = Engine.open(writer.folder.path, make_settings())
+    result = engine.search([Query("q", noise)], k=3)[0]
+    engine.close()
+    assert result.to_json()["match"] == "none" and all(hit.close is False for hit in result.results)
+    quiet = Engine.open(writer.folder.path, make_settings(no_match=False))
+    assert "match" not in quiet.search([Query("q", noise)], k=3)[0].to_json()
+    quiet.close()
+
+
+def test_an_unreliable_calibration_is_not_used(writer, make_settings):
+    from snapshop.models.projection import save_arrays
+
+    with writer.store.transaction():
+        writer.store.save_fitted("match", save_arrays(), {"threshold": 0.5, "balanced_accuracy": 0.6})
+    engine = Engine.open(writer.folder.path, make_settings())
+    assert engine.match_threshold is None and engine.stats()["no_match"]["used"] is False
+    engine.close()
