@@ -298,17 +298,26 @@ class MetadataStore:
         return found
 
     def item(self, item_id: str) -> dict[str, Any] | None:
-        row = self._read.execute(
-            "SELECT i.category, i.fields, g.group_id FROM items i LEFT JOIN item_groups g USING(item_id) WHERE item_id = ?",
-            (item_id,)).fetchone()
-        if row is None:
-            return None
-        images = self._read.execute(
-            "SELECT m.source, t.quality FROM images m LEFT JOIN image_traits t USING(image_id) "
-            "WHERE m.item_id = ? ORDER BY m.image_id", (item_id,)).fetchall()
-        main = max(images, key=lambda r: -1.0 if r[1] is None else r[1])[0] if images else None
-        return {"item_id": item_id, "category": row[0], "images": [r[0] for r in images], "main_image": main,
-                "group": row[2] or item_id, **json.loads(row[1])}
+        return self.items([item_id]).get(item_id)
+
+    def items(self, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Items that exist, by id: category, fields, image sources, main image, product group."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunked(list(dict.fromkeys(item_ids))):
+            marks = ",".join("?" * len(chunk))
+            images: dict[str, list[tuple[str, float | None]]] = {}
+            for item_id, source, quality in self._read.execute(
+                    "SELECT m.item_id, m.source, t.quality FROM images m LEFT JOIN image_traits t USING(image_id) "
+                    f"WHERE m.item_id IN ({marks}) ORDER BY m.image_id", chunk):
+                images.setdefault(item_id, []).append((source, quality))
+            for item_id, category, fields, group in self._read.execute(
+                    "SELECT i.item_id, i.category, i.fields, g.group_id FROM items i "
+                    f"LEFT JOIN item_groups g USING(item_id) WHERE i.item_id IN ({marks})", chunk):
+                stored = images.get(item_id, [])
+                main = max(stored, key=lambda r: -1.0 if r[1] is None else r[1])[0] if stored else None
+                found[item_id] = {"item_id": item_id, "category": category, "images": [r[0] for r in stored],
+                                  "main_image": main, "group": group or item_id, **json.loads(fields)}
+        return found
 
     def image_info(self, image_ids: Iterable[int]) -> dict[int, ImageInfo]:
         """Item, category and source of the images that still exist."""

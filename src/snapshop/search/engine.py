@@ -652,10 +652,12 @@ class Engine:
         features = dict(zip(vectors.image_ids.tolist(), unit))
         threshold = self.match_threshold if self.settings.no_match else None
         hits = []
-        for card in curate(list(pool.values()), options, k, features):
+        cards = curate(list(pool.values()), options, k, features)
+        items = self.store.items(card.candidate.item_id for card in cards)
+        for card in cards:
             candidate = card.candidate
             variants = other_colours(card, list(pool.values()), features)
-            item = self.store.item(candidate.item_id) or {}
+            item = items.get(candidate.item_id, {})
             image = sources[candidate.image_id]
             hits.append(Hit(candidate.item_id, candidate.score, image.source, image.category or None,
                             _item_fields(item), group=candidate.group, also=card.also, quality=candidate.quality,
