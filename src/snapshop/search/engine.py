@@ -2,9 +2,9 @@
 
 The CLI (and the HTTP API) are thin adapters over `Engine`. It delegates each pipeline
 stage to its component: decoding (`catalog.images`), localization and description
-(`models.encoder`), category prediction (`models.category`), the live partitioned,
-sharded binary index with float re-rank (`index.live`), metadata and the change log
-(`index.store`).
+(`models.encoder`), category prediction (`models.category`), the partitioned, sharded
+binary index with float re-rank (an `index.backend`: embedded faiss segments, `index.live`,
+or a Milvus collection, `index.milvus`), metadata and the change log (`index.store`).
 
 Writes are serialized: one thread of one process at a time holds the write lock. Every
 write commits to SQLite before it returns and reaches the in-memory index through the
@@ -31,7 +31,8 @@ from snapshop.catalog.images import load_image
 from snapshop.catalog.manifest import Catalog, CatalogRow, RowError
 from snapshop.errors import IndexError_, SnapshopError
 from snapshop.index.folder import IndexFolder, IndexManifest
-from snapshop.index.live import IndexParams, LiveIndex
+from snapshop.index.backend import IndexBackend, open_backend
+from snapshop.index.live import IndexParams
 from snapshop.index.store import ImageInfo, MetadataStore, NewImage
 from snapshop.curate.colour import check_colour, dominant_colours
 from snapshop.curate.duplicates import DuplicateRules, DuplicateVerifier, ImageRef
@@ -108,7 +109,7 @@ class Engine:
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
         self.match_threshold: float | None = None  # cosine under which a result is not a close match
-        self.index: LiveIndex | None = None
+        self.index: IndexBackend | None = None
         self._write_mutex = threading.Lock()
         self._reload_lock = threading.Lock()
         self._compaction: threading.Thread | None = None
@@ -468,7 +469,8 @@ class Engine:
         params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
                              replicas=settings.replicas, nprobe=settings.nprobe, ivf_min=settings.ivf_min_images,
                              compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
-        self.index = LiveIndex(self.folder.path, self.store, params, codec_id)  # queries on the old one finish there
+        # queries on the old backend finish there
+        self.index = open_backend(self.folder.path, self.store, params, codec_id, settings)
 
     def _refresh(self) -> None:
         """Catch up with committed writes (this process's or another's); reload after a refit."""
