@@ -57,13 +57,22 @@ def add(
     uri: Optional[str] = UriOption,
     model: Optional[str] = typer.Option(None, "--model", envvar="SNAPSHOP_MODEL",
                                         help="Model of a new index: a registered name or an .onnx path."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS",
+                                      help="Embed on a Ray cluster: its address (auto, ray://host:10001) or "
+                                           "local (start one here). Needs the cluster extra."),
 ) -> None:
     """Create the index if absent and upsert every item of CATALOG."""
     settings = _settings(index=index, backend=backend, milvus_uri=uri, model=model)
     with user_errors():
         parsed = read_catalog(catalog)
         engine = Engine.open_or_create(settings.index, settings, model=model)
-        report = engine.add(parsed, progress=sys.stderr.isatty() or len(parsed.rows) > 50)
+        progress = sys.stderr.isatty() or len(parsed.rows) > 50
+        embed = None
+        if ray is not None:
+            from snapshop.catalog.distributed import ray_embedder
+
+            embed = ray_embedder(engine, parsed, ray, progress=progress)
+        report = engine.add(parsed, progress=progress, embed=embed)
         stats = engine.stats()
     for error in sorted(report.errors, key=lambda e: e.line):
         who = f" ({error.item_id})" if error.item_id else ""
