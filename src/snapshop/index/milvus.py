@@ -213,8 +213,9 @@ class MilvusIndex:
 
     def _push(self, changes: list[Change]) -> None:
         """Apply changes: removes as deletes, adds (of images still in the store) as upserts."""
-        removed = sorted({c.image_id for c in changes if c.op == "remove"})
-        added = self.store.vectors(c.image_id for c in changes if c.op == "add" and c.image_id not in set(removed))
+        gone = {c.image_id for c in changes if c.op == "remove"}
+        removed = sorted(gone)
+        added = self.store.vectors(c.image_id for c in changes if c.op == "add" and c.image_id not in gone)
         for start in range(0, len(removed), PUSH_BATCH):
             self.collection.delete(f"image_id in {removed[start:start + PUSH_BATCH]}", timeout=RPC_TIMEOUT)
         self._upsert(added.image_ids, added.item_ids, added.partitions, added.codes)
