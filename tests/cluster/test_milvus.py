@@ -15,6 +15,8 @@ from snapshop.errors import BackendError
 from snapshop.search.engine import Engine
 from snapshop.search.results import Query
 
+pytest.importorskip("pymilvus", reason="the milvus backend tests need the cluster extra: pip install -e '.[cluster]'")
+
 pytestmark = pytest.mark.milvus
 
 
@@ -24,7 +26,7 @@ def milvus_settings(make_settings, milvus_uri):
 
 
 @pytest.fixture(scope="module")
-def milvus_engine(tmp_path_factory, index_template, milvus_settings):
+def milvus_engine(milvus_settings, tmp_path_factory, index_template):
     """The session index (built with faiss) opened on Milvus: the collection is filled from the store."""
     import shutil
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from snapshop.errors import SettingsError
+from snapshop.errors import BackendError, SettingsError
 from snapshop.index.backend import IndexBackend
 from snapshop.index.live import LiveIndex
 from snapshop.settings import load_settings
@@ -24,3 +26,12 @@ def test_milvus_consistency_levels_are_checked():
     assert load_settings(environ={}).milvus_consistency == "Bounded"
     with pytest.raises(SettingsError, match="milvus_consistency"):
         load_settings({"milvus_consistency": "Sometimes"}, environ={})
+
+
+def test_the_milvus_backend_without_the_cluster_extra_is_a_clear_error(monkeypatch, fresh_index, make_settings):
+    from snapshop.search.engine import Engine
+
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "snapshop.index.milvus", raising=False)
+    with pytest.raises(BackendError, match=r"pip install 'snapshop\[cluster\]'"):
+        Engine.open(fresh_index, make_settings(backend="milvus"))
