@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from typer.testing import CliRunner
+
 from snapshop.catalog.manifest import read_catalog
+from snapshop.cli import app
 from snapshop.search.engine import Engine
 from snapshop.search.results import Query
 
@@ -30,8 +35,10 @@ def two_nodes():
 def test_ray_ingest_matches_a_local_add(two_nodes, catalog, tmp_path, settings, engine):
     from snapshop.catalog.distributed import ray_embedder
 
-    manifest = catalog.root / "with-a-missing-image.jsonl"
-    manifest.write_text(catalog.manifest.read_text() + '{"item_id": "ghost", "image": "img/missing.png"}\n')
+    rows = [json.loads(line) for line in catalog.manifest.read_text().splitlines()]
+    rows = [{**row, "image": str(catalog.root / row["image"])} for row in rows]
+    manifest = tmp_path / "with-a-missing-image.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows + [{"item_id": "ghost", "image": "missing.png"}]))
     parsed = read_catalog(manifest)
     ingest = Engine.open_or_create(tmp_path / "index", settings)
     try:
@@ -40,10 +47,17 @@ def test_ray_ingest_matches_a_local_add(two_nodes, catalog, tmp_path, settings, 
         report = ingest.add(parsed, embed=embed)
         assert report.items_added == 12 and report.images == 13
         assert [error.item_id for error in report.errors] == ["ghost"]  # gathered on the driver
-        ids, ours, _ = ingest.store.descriptors()
+        _, ours, _ = ingest.store.descriptors()
         _, theirs, _ = engine.store.descriptors()
         np.testing.assert_allclose(ours, theirs, atol=2e-3)  # the same descriptors as a local add
         result = ingest.search([Query("q", catalog.image("triangle-1"))], k=3)[0]
         assert result.results[0].item_id == "triangle-1"
     finally:
         ingest.close()
+
+
+def test_cli_add_with_ray(two_nodes, catalog, tmp_path):
+    result = CliRunner().invoke(app, ["add", str(catalog.manifest), "--index", str(tmp_path / "index"),
+                                      "--ray", two_nodes.address])
+    assert result.exit_code == 0, result.output
+    assert "added 12 items, updated 0, embedded 13 images, skipped 0 rows" in result.output
