@@ -25,6 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="snapshop: visual product search. Photo in, products out.")
 
 IndexOption = typer.Option(None, "--index", help="Index folder [default: $SNAPSHOP_INDEX or ./snapshop-index].")
+BackendOption = typer.Option(None, "--backend", help="Index backend: faiss or milvus [default: setting backend, faiss].")
+UriOption = typer.Option(None, "--uri", help="Milvus server of the milvus backend [default: setting milvus_uri].")
 
 
 @contextmanager
@@ -51,15 +53,26 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
 def add(
     catalog: Path = typer.Argument(..., help="A .jsonl or .csv manifest, or a folder of images."),
     index: Optional[Path] = IndexOption,
+    backend: Optional[str] = BackendOption,
+    uri: Optional[str] = UriOption,
     model: Optional[str] = typer.Option(None, "--model", envvar="SNAPSHOP_MODEL",
                                         help="Model of a new index: a registered name or an .onnx path."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS",
+                                      help="Embed on a Ray cluster: its address (auto, ray://host:10001) or "
+                                           "local (start one here). Needs the cluster extra."),
 ) -> None:
     """Create the index if absent and upsert every item of CATALOG."""
-    settings = _settings(index=index, model=model)
+    settings = _settings(index=index, backend=backend, milvus_uri=uri, model=model)
     with user_errors():
         parsed = read_catalog(catalog)
         engine = Engine.open_or_create(settings.index, settings, model=model)
-        report = engine.add(parsed, progress=sys.stderr.isatty() or len(parsed.rows) > 50)
+        progress = sys.stderr.isatty() or len(parsed.rows) > 50
+        embed = None
+        if ray is not None:
+            from snapshop.catalog.distributed import ray_embedder
+
+            embed = ray_embedder(engine, parsed, ray, progress=progress)
+        report = engine.add(parsed, progress=progress, embed=embed)
         stats = engine.stats()
     for error in sorted(report.errors, key=lambda e: e.line):
         who = f" ({error.item_id})" if error.item_id else ""
@@ -71,9 +84,10 @@ def add(
 
 
 @app.command()
-def remove(item_ids: list[str] = typer.Argument(..., help="Item ids to delete."), index: Optional[Path] = IndexOption) -> None:
+def remove(item_ids: list[str] = typer.Argument(..., help="Item ids to delete."), index: Optional[Path] = IndexOption,
+           backend: Optional[str] = BackendOption, uri: Optional[str] = UriOption) -> None:
     """Delete items; they never appear in results again."""
-    settings = _settings(index=index)
+    settings = _settings(index=index, backend=backend, milvus_uri=uri)
     with user_errors():
         report = Engine.open(settings.index, settings).remove(item_ids)
     for item_id in report.missing:
@@ -85,6 +99,8 @@ def remove(item_ids: list[str] = typer.Argument(..., help="Item ids to delete.")
 def search(
     images: list[Path] = typer.Argument(..., help="Query photos."),
     index: Optional[Path] = IndexOption,
+    backend: Optional[str] = BackendOption,
+    uri: Optional[str] = UriOption,
     k: Optional[int] = typer.Option(None, "-k", help="Results per query [default: setting k]."),
     category: Optional[str] = typer.Option(None, "--category", help="Search only this category."),
     box: Optional[str] = typer.Option(None, "--box", help="Search this box x0,y0,x1,y1 instead of the detected object."),
@@ -96,7 +112,7 @@ def search(
 ) -> None:
     """Find the catalog products in photos (many photos share one model load and batched inference)."""
     off = {"collapse_duplicates": False, "quality_weight": 0.0, "diversity": 0.0, "colour_weight": 0.0}
-    settings = _settings(index=index, k=k, **({} if curate else off))
+    settings = _settings(index=index, backend=backend, milvus_uri=uri, k=k, **({} if curate else off))
     with user_errors():
         query_box = _parse_box(box) if box else None
         engine = Engine.open(settings.index, settings)
@@ -110,9 +126,10 @@ def search(
 
 
 @app.command()
-def stats(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(False, "--json")) -> None:
+def stats(index: Optional[Path] = IndexOption, backend: Optional[str] = BackendOption,
+          uri: Optional[str] = UriOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Counts, partitions, model and fitted maps of an index."""
-    settings = _settings(index=index)
+    settings = _settings(index=index, backend=backend, milvus_uri=uri)
     with user_errors():
         info = Engine.open(settings.index, settings).stats()
     if as_json:
@@ -133,9 +150,10 @@ def stats(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(Fals
 
 
 @app.command()
-def duplicates(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(False, "--json")) -> None:
+def duplicates(index: Optional[Path] = IndexOption, backend: Optional[str] = BackendOption,
+               uri: Optional[str] = UriOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Product groups: items found to be the same product (other sellers, re-uploads), with the evidence."""
-    settings = _settings(index=index)
+    settings = _settings(index=index, backend=backend, milvus_uri=uri)
     with user_errors():
         engine = Engine.open(settings.index, settings)
         groups = engine.store.duplicate_groups()
@@ -158,9 +176,10 @@ def duplicates(index: Optional[Path] = IndexOption, as_json: bool = typer.Option
 
 
 @app.command()
-def compact(index: Optional[Path] = IndexOption) -> None:
+def compact(index: Optional[Path] = IndexOption, backend: Optional[str] = BackendOption,
+            uri: Optional[str] = UriOption) -> None:
     """Fold every partition's delta and tombstones into new base segments now (also re-shards)."""
-    settings = _settings(index=index)
+    settings = _settings(index=index, backend=backend, milvus_uri=uri)
     with user_errors():
         engine = Engine.open(settings.index, settings)
         try:
@@ -175,6 +194,8 @@ def compact(index: Optional[Path] = IndexOption) -> None:
 def evaluate(
     dataset: Path = typer.Argument(..., help="Queries .jsonl: image, item_id, optional category and box."),
     index: Optional[Path] = IndexOption,
+    backend: Optional[str] = BackendOption,
+    uri: Optional[str] = UriOption,
     limit: Optional[int] = typer.Option(None, help="Use only the first N queries."),
     baseline: bool = typer.Option(True, help="Also run the whole-photo GAP + exact float baseline."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write report.json and report.md to this folder."),
@@ -183,7 +204,7 @@ def evaluate(
     """Retrieval and category metrics on a labelled query set, side by side with the baseline."""
     from snapshop.search.evaluate import evaluate as run_evaluation, format_table, write_report
 
-    settings = _settings(index=index)
+    settings = _settings(index=index, backend=backend, milvus_uri=uri)
     with user_errors():
         engine = Engine.open(settings.index, settings)
         outcome = run_evaluation(engine, dataset, limit=limit, baseline=baseline, progress=True)
@@ -195,11 +216,13 @@ def evaluate(
 @app.command()
 def serve(
     index: Optional[Path] = IndexOption,
+    backend: Optional[str] = BackendOption,
+    uri: Optional[str] = UriOption,
     host: Optional[str] = typer.Option(None, "--host", help="Address to listen on [default: setting host, 127.0.0.1]."),
     port: Optional[int] = typer.Option(None, "--port", help="TCP port [default: setting port, 8000]."),
 ) -> None:
     """Serve the HTTP API and the search page (API docs at /docs). Catalog writes need the admin_token setting."""
-    _serve(_settings(index=index, host=host, port=port))
+    _serve(_settings(index=index, backend=backend, milvus_uri=uri, host=host, port=port))
 
 
 def _serve(settings: Settings) -> None:

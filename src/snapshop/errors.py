@@ -27,3 +27,7 @@ class DatasetError(SnapshopError):
 
 class SettingsError(SnapshopError):
     """A setting has an invalid value."""
+
+
+class BackendError(SnapshopError):
+    """An index backend server (Milvus) or cluster (Ray) is unreachable, refuses a request, or is not installed."""

@@ -346,6 +346,13 @@ class MetadataStore:
         )
         return dict(rows.fetchall())
 
+    def searchable_counts(self) -> dict[str, int]:
+        """Searchable images (those with a code) per category ('' when none)."""
+        rows = self._read.execute(
+            "SELECT COALESCE(i.category, ''), COUNT(*) FROM images m JOIN items i USING(item_id) "
+            "WHERE m.code IS NOT NULL GROUP BY 1 ORDER BY 1")
+        return dict(rows.fetchall())
+
     def descriptors(self, *, pending_only: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Image ids, pooled descriptors and item categories ('' when none)."""
         where = "WHERE m.code IS NULL" if pending_only else ""

@@ -2,9 +2,9 @@
 
 The CLI (and the HTTP API) are thin adapters over `Engine`. It delegates each pipeline
 stage to its component: decoding (`catalog.images`), localization and description
-(`models.encoder`), category prediction (`models.category`), the live partitioned,
-sharded binary index with float re-rank (`index.live`), metadata and the change log
-(`index.store`).
+(`models.encoder`), category prediction (`models.category`), the partitioned, sharded
+binary index with float re-rank (an `index.backend`: embedded faiss segments, `index.live`,
+or a Milvus collection, `index.milvus`), metadata and the change log (`index.store`).
 
 Writes are serialized: one thread of one process at a time holds the write lock. Every
 write commits to SQLite before it returns and reaches the in-memory index through the
@@ -21,7 +21,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -31,7 +31,8 @@ from snapshop.catalog.images import load_image
 from snapshop.catalog.manifest import Catalog, CatalogRow, RowError
 from snapshop.errors import IndexError_, SnapshopError
 from snapshop.index.folder import IndexFolder, IndexManifest
-from snapshop.index.live import IndexParams, LiveIndex
+from snapshop.index.backend import IndexBackend, open_backend
+from snapshop.index.live import IndexParams
 from snapshop.index.store import ImageInfo, MetadataStore, NewImage
 from snapshop.curate.colour import check_colour, dominant_colours
 from snapshop.curate.duplicates import DuplicateRules, DuplicateVerifier, ImageRef
@@ -109,7 +110,7 @@ class Engine:
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
         self.match_threshold: float | None = None  # cosine under which a result is not a close match
-        self.index: LiveIndex | None = None
+        self.index: IndexBackend | None = None
         self._write_mutex = threading.Lock()
         self._reload_lock = threading.Lock()
         self._compaction: threading.Thread | None = None
@@ -162,8 +163,9 @@ class Engine:
 
     # --- writes --------------------------------------------------------------------------
 
-    def add(self, catalog: Catalog, *, progress: bool = False) -> AddReport:
-        """Upsert every item of a catalog. Bad rows are reported and skipped; nothing indexed is lost."""
+    def add(self, catalog: Catalog, *, progress: bool = False, embed: "Embedder | None" = None) -> AddReport:
+        """Upsert every item of a catalog. Bad rows are reported and skipped; nothing indexed is lost.
+        `embed` computes the rows' images (default: `embed_rows` here; `catalog.distributed` on Ray)."""
         report = AddReport(errors=list(catalog.errors))
         rows_by_item: dict[str, list[CatalogRow]] = defaultdict(list)
         for row in catalog.rows:
@@ -172,7 +174,7 @@ class Engine:
             formerly_linked = self.store.linked_items(rows_by_item)
             with tqdm(total=len(catalog.rows), desc="embedding", unit="img", disable=not progress) as bar:
                 for chunk in _chunks(list(rows_by_item.values()), INGEST_CHUNK):
-                    self._add_items(chunk, report)
+                    self._add_items(chunk, report, embed or self.embed_rows)
                     self._refresh()
                     bar.update(sum(len(rows) for rows in chunk))
             self._refit_if_due(progress=progress)
@@ -213,22 +215,25 @@ class Engine:
         except IndexError_ as exc:  # another process holds the write lock: it will compact later
             log.info("compaction skipped: %s", exc)
 
-    def _add_items(self, items: list[list[CatalogRow]], report: AddReport) -> None:
-        decoded: list[tuple[CatalogRow, Image.Image]] = []
+    def embed_rows(self, rows: Sequence[CatalogRow]) -> list[NewImage | str]:
+        """Decode, localize and describe catalog rows: a NewImage each, or why it failed."""
+        return embed_rows(self.encoder, self.load, rows)
+
+    def _add_items(self, items: list[list[CatalogRow]], report: AddReport, embed: Embedder) -> None:
         failed: dict[str, list[RowError]] = defaultdict(list)
-        for rows in items:
-            for row in rows:
-                try:
-                    decoded.append((row, self.load(row.image)))
-                except SnapshopError as exc:
-                    failed[row.item_id].append(RowError(row.line, str(exc), row.item_id))
-        boxes = self.encoder.locate([image for _, image in decoded])
-        descriptors = self.encoder.describe([crop(image, found[0]) for (_, image), found in zip(decoded, boxes)])
         new_images: dict[str, list[NewImage]] = defaultdict(list)
         positions: dict[str, list[int]] = defaultdict(list)  # rows of `descriptors`, per item
-        for position, ((row, image), found, descriptor) in enumerate(zip(decoded, boxes, descriptors)):
-            new_images[row.item_id].append(_new_image(row.item_id, str(row.image), image, found[0], descriptor))
-            positions[row.item_id].append(position)
+        embedded: list[NewImage] = []
+        rows = [row for item_rows in items for row in item_rows]
+        for row, outcome in zip(rows, embed(rows)):
+            if isinstance(outcome, str):
+                failed[row.item_id].append(RowError(row.line, outcome, row.item_id))
+                continue
+            new_images[row.item_id].append(outcome)
+            positions[row.item_id].append(len(embedded))
+            embedded.append(outcome)
+        descriptors = (np.stack([image.descriptor for image in embedded]).astype(np.float32) if embedded
+                       else np.zeros((0, 0), np.float32))
         for item_id in new_images:
             kept = _distinct_images(new_images[item_id], descriptors[positions[item_id]])
             report.images_merged += len(new_images[item_id]) - len(kept)
@@ -470,7 +475,8 @@ class Engine:
         params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
                              replicas=settings.replicas, nprobe=settings.nprobe, ivf_min=settings.ivf_min_images,
                              compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
-        self.index = LiveIndex(self.folder.path, self.store, params, codec_id)  # queries on the old one finish there
+        # queries on the old backend finish there
+        self.index = open_backend(self.folder.path, self.store, params, codec_id, settings)
 
     def _refresh(self) -> None:
         """Catch up with committed writes (this process's or another's); reload after a refit."""
@@ -689,6 +695,27 @@ class _StageTimer:
 
     def per_query(self, count: int) -> dict[str, float]:
         return {stage: ms / count for stage, ms in self.ms.items()}
+
+
+Embedder = Callable[[Sequence[CatalogRow]], "list[NewImage | str]"]
+
+
+def embed_rows(encoder: ImageEncoder, load: Callable[[Path], Image.Image],
+               rows: Sequence[CatalogRow]) -> list[NewImage | str]:
+    """Decode (with `load`), localize and describe catalog rows in batches: a NewImage per
+    row, or the reason it could not be read. Runs in the engine or in a Ray worker."""
+    outcomes: list[NewImage | str] = [""] * len(rows)
+    decoded: list[tuple[int, CatalogRow, Image.Image]] = []
+    for position, row in enumerate(rows):
+        try:
+            decoded.append((position, row, load(row.image)))
+        except SnapshopError as exc:
+            outcomes[position] = str(exc)
+    boxes = encoder.locate([image for _, _, image in decoded])
+    descriptors = encoder.describe([crop(image, found[0]) for (_, _, image), found in zip(decoded, boxes)])
+    for (position, row, image), found, descriptor in zip(decoded, boxes, descriptors):
+        outcomes[position] = _new_image(row.item_id, str(row.image), image, found[0], descriptor)
+    return outcomes
 
 
 def _chunks(items: list[list[CatalogRow]], images_per_chunk: int) -> Iterator[list[list[CatalogRow]]]:
