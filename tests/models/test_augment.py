@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import product_image
 from snapshop.models.augment import (cut_out, generic_photos, is_clean_shot, jitter_box, object_alpha, product_box,
                                      synthetic_view)
 from snapshop.models.encoder import ImageEncoder
@@ -15,8 +14,8 @@ from snapshop.models.localize import box_iou
 from snapshop.models.projection import LearnedWhitening, PCAWhitening
 
 
-def test_object_alpha_separates_the_product_from_its_white_background():
-    alpha = object_alpha(product_image("square", 0))
+def test_object_alpha_separates_the_product_from_its_white_background(draw_product):
+    alpha = object_alpha(draw_product("square", 0))
     assert alpha[128, 128] == 1.0 and alpha[2, 2] == 0.0
     assert 0.2 < (alpha > 0.5).mean() < 0.6
 
@@ -35,9 +34,9 @@ def test_a_product_touching_the_edges_is_still_a_clean_shot_and_a_scene_is_not()
     assert object_alpha(scene).min() == 1.0
 
 
-def test_product_box_peels_a_backdrop_inside_a_backdrop():
+def test_product_box_peels_a_backdrop_inside_a_backdrop(draw_product):
     print_on_table = Image.new("RGB", (300, 200), (200, 190, 170))
-    print_on_table.paste(product_image("square", 0, size=100), (150, 50))  # a catalog print lying on a table
+    print_on_table.paste(draw_product("square", 0, size=100), (150, 50))  # a catalog print lying on a table
     x0, y0, x1, y1 = product_box(print_on_table)
     assert (x0, y0) == pytest.approx((150 + 19, 50 + 19), abs=2) and (x1, y1) == pytest.approx((150 + 81, 50 + 81), abs=2)
 
@@ -55,9 +54,9 @@ def test_cut_out_takes_the_white_fringe_out_of_the_product_edge():
     assert np.abs(colour[fringe] - [20, 40, 160]).max(axis=1).mean() < 0.5 * np.abs(raw[fringe] - [20, 40, 160]).max(axis=1).mean()
 
 
-def test_synthetic_view_records_where_the_product_went():
+def test_synthetic_view_records_where_the_product_went(draw_product):
     rng = np.random.default_rng(3)
-    view = synthetic_view(product_image("circle", 1), generic_photos()[0], rng)
+    view = synthetic_view(draw_product("circle", 1), generic_photos()[0], rng)
     x0, y0, x1, y1 = view.box
     assert view.mask.shape == (view.image.height, view.image.width)
     assert view.mask[y0:y1, x0:x1].mean() > 0.5 and view.mask.sum() == view.mask[y0:y1, x0:x1].sum()
@@ -88,9 +87,9 @@ def test_learned_whitening_discounts_the_directions_in_which_views_differ():
     assert view_distance(learned) < 0.5 * view_distance(plain)
 
 
-def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone):
+def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone, draw_product):
     encoder = ImageEncoder(backbone, pooling="gem", detect_size=448, box_threshold=0.5)
-    catalog = [product_image(shape, variant) for shape in ("circle", "square", "triangle") for variant in range(4)]
+    catalog = [draw_product(shape, variant) for shape in ("circle", "square", "triangle") for variant in range(4)]
     views = describe_views(encoder, catalog * 3, np.arange(36), seed=1)
     assert views.descriptors.shape == (36, 1280)
     for described in (views.truth, views.found, views.catalog):
@@ -109,9 +108,9 @@ def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone):
     assert learned > 0.4 and learned > scda + 0.05
 
 
-def test_several_views_per_image_describe_each_catalog_image_once(backbone):
+def test_several_views_per_image_describe_each_catalog_image_once(backbone, draw_product):
     encoder = ImageEncoder(backbone, pooling="gem", detect_size=448, box_threshold=0.5)
-    catalog = [product_image(shape, 0) for shape in ("circle", "square", "triangle")]
+    catalog = [draw_product(shape, 0) for shape in ("circle", "square", "triangle")]
     views = describe_views(encoder, catalog, np.array([4, 7, 9]), views_per_image=2, seed=2)
     assert views.rows.tolist() == [4, 4, 7, 7, 9, 9]
     for described in (views.truth, views.found, views.catalog):
