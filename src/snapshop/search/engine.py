@@ -641,10 +641,10 @@ class Engine:
         wanted = CURATION_POOL * k
         valid = image_ids >= 0
         image_ids, scores = image_ids[valid], scores[valid]
-        for start in range(0, len(image_ids), 4 * wanted):
-            block = image_ids[start : start + 4 * wanted]
+        for start in range(0, len(image_ids), wanted):
+            block = image_ids[start : start + wanted]
             info = self.store.image_info(block)
-            for image_id, score in zip(block, scores[start : start + 4 * wanted]):
+            for image_id, score in zip(block, scores[start : start + wanted]):
                 image = info.get(int(image_id))
                 if image is not None and image.item_id not in pool:
                     sources[int(image_id)] = image
