@@ -43,10 +43,6 @@ class Colour:
         return {"name": self.name, "hex": "#%02x%02x%02x" % self.rgb, "share": round(self.share, 3)}
 
 
-def colour_names() -> list[str]:
-    return list(_NAMES)
-
-
 def check_colour(name: str) -> str:
     """A basic colour name, lower-cased; an unknown one is a SnapshopError listing the known."""
     if name.lower() not in BASIC_COLOURS:

@@ -173,7 +173,7 @@ class LiveIndex:
 
     def _load_once(self) -> None:
         with self._apply_lock, self.store.snapshot():
-            stamp = _stamp(self.layout_path)
+            stamp = file_stamp(self.layout_path)
             layout = self._usable_layout()
             if layout.shards != self.params.shards:
                 layout = Layout(self.codec, self.params.shards)  # re-shard: the next compaction writes it
@@ -210,10 +210,10 @@ class LiveIndex:
     def refresh(self) -> bool:
         """Apply the changes committed since the last look. True when the codec was refit
         (a `reset`): the caller must reload its fitted models, and this index is rebuilt."""
-        if self.store.last_seq() == self.seq and _stamp(self.layout_path) == self._layout_stamp:
+        if self.store.last_seq() == self.seq and file_stamp(self.layout_path) == self._layout_stamp:
             return False
         with self._apply_lock, self.store.snapshot():
-            stamp = _stamp(self.layout_path)
+            stamp = file_stamp(self.layout_path)
             changes = self.store.changes_since(self.seq)
             reset = any(c.op == "reset" for c in changes)
             gap = bool(changes) and changes[0].seq != self.seq + 1
@@ -431,7 +431,8 @@ def _group(vectors: StoredVectors, keys: list[tuple[str, int]]) -> dict[tuple[st
             for key, rows in rows_of.items()}
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime, inode) of a file that is replaced atomically; None when it does not exist."""
     try:
         status = path.stat()
     except FileNotFoundError:

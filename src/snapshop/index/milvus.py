@@ -45,7 +45,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from snapshop.errors import BackendError
-from snapshop.index.live import Candidates, IndexParams
+from snapshop.index.live import Candidates, IndexParams, file_stamp
 from snapshop.index.store import Change, MetadataStore
 from snapshop.settings import Settings
 
@@ -131,7 +131,7 @@ class MilvusIndex:
     def refresh(self) -> bool:
         """Push the changes committed since the last look. True when the codec was refit (a
         `reset`): the caller reloads its fitted models and opens a new index."""
-        if self.store.last_seq() == self.seq and _stamp(self.state_path) == self._state_stamp:
+        if self.store.last_seq() == self.seq and file_stamp(self.state_path) == self._state_stamp:
             return False
         if any(change.op == "reset" for change in self.store.changes_since(self.seq)):
             return True
@@ -156,7 +156,7 @@ class MilvusIndex:
             else:
                 self._open(state.collection)
             state.write(self.state_path)
-            self._state_stamp = _stamp(self.state_path)
+            self._state_stamp = file_stamp(self.state_path)
             self.seq = last
             self._partitions = {name: count for name, count in self.store.searchable_counts().items() if count}
 
@@ -360,11 +360,3 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_mtime_ns, status.st_ino
