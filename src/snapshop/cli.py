@@ -198,19 +198,27 @@ def evaluate(
     uri: Optional[str] = UriOption,
     limit: Optional[int] = typer.Option(None, help="Use only the first N queries."),
     baseline: bool = typer.Option(True, help="Also run the whole-photo GAP + exact float baseline."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write report.json and report.md to this folder."),
+    report: Optional[Path] = typer.Option(None, "--report",
+                                          help="Write report.json, report.md and an HTML report (index.html with "
+                                               "plots and example queries) to this folder."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Retrieval and category metrics on a labelled query set, side by side with the baseline."""
-    from snapshop.search.evaluate import evaluate as run_evaluation, format_table, write_report
+    from snapshop.search.evaluate import evaluate as run_evaluation, format_table, summary, write_report
+    from snapshop.search.report import write_html_report
 
     settings = _settings(index=index, backend=backend, milvus_uri=uri)
     with user_errors():
         engine = Engine.open(settings.index, settings)
-        outcome = run_evaluation(engine, dataset, limit=limit, baseline=baseline, progress=True)
+        outcome = run_evaluation(engine, dataset, limit=limit, baseline=baseline, progress=True,
+                                 details=report is not None)
         if report:
             write_report(outcome, report)
-    typer.echo(json.dumps(outcome, indent=2) if as_json else format_table(outcome))
+            model = outcome["index"]["model"]
+            page = write_html_report(report, [(f"{model['name']} {model['version']}", outcome)])
+    typer.echo(json.dumps(summary(outcome), indent=2) if as_json else format_table(outcome))
+    if report:
+        typer.echo(f"HTML report: {page}", err=as_json)
 
 
 @app.command()
@@ -270,6 +278,92 @@ def demo(
         engine.close()
         typer.echo(f"or upload one of the photos in {shots.parent / 'images'} to the search page:")
         _serve(settings)
+
+
+@app.command(name="simulate-clicks")
+def simulate_clicks(
+    queries: Path = typer.Argument(..., help="Labelled shopper photos .jsonl (image, item_id), e.g. simulated ones."),
+    out: Path = typer.Option(Path("clicks.jsonl"), "--out", help="Click log to write (JSON Lines, marked simulated)."),
+    index: Optional[Path] = IndexOption,
+    seed: int = typer.Option(0, help="Seed of the simulated shoppers."),
+    noise: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of clicks that go to a similar wrong item."),
+    shown: int = typer.Option(20, min=1, max=200, help="Results on each simulated result page."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N photos."),
+) -> None:
+    """Search each photo with the current model and write what simulated shoppers click (a simulation)."""
+    from snapshop.learn.simulate import ShopperModel, simulate_clicks as run_simulation
+
+    settings = _settings(index=index)
+    with user_errors():
+        engine = Engine.open(settings.index, settings)
+        report = run_simulation(engine, queries, out, model=ShopperModel(shown=shown, noise=noise), seed=seed,
+                                limit=limit, progress=True)
+    summary = report.to_json()
+    typer.echo(f"wrote {summary['impressions']} simulated impressions to {out}: {summary['with_click']} with a click, "
+               f"{summary['wrong_click_share']:.1%} of clicks on a wrong item (simulated), {summary['errors']} unreadable")
+
+
+@app.command()
+def train(
+    click_log: Path = typer.Argument(..., help="Click log (JSON Lines, DESIGN.md's format)."),
+    index: Optional[Path] = IndexOption,
+    epochs: int = typer.Option(12, min=1, help="Passes over the training clicks."),
+    loss: str = typer.Option("triplet", help="triplet (hardest negative) or npair."),
+    all_clicks: bool = typer.Option(False, "--all-clicks", help="Learn from every click, even short visits (no noise filter)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Also write the trained model here [default: INDEX/trained-VERSION.onnx]."),
+    switch: str = typer.Option("better", help="Activate the new version: better (if held-out recall improved), always, never."),
+) -> None:
+    """Learn box and embedding from clicks, embed the catalog again, then switch searches to the new version."""
+    from snapshop.learn.loop import train_from_clicks
+    from snapshop.learn.mining import TrustPolicy
+    from snapshop.learn.train import TrainConfig
+
+    if loss not in ("triplet", "npair") or switch not in ("better", "always", "never"):
+        typer.echo("error: --loss is triplet or npair; --switch is better, always or never", err=True)
+        raise typer.Exit(2)
+    settings = _settings(index=index)
+    with user_errors():
+        summary = train_from_clicks(settings, click_log, config=TrainConfig(epochs=epochs, loss=loss),
+                                    policy=TrustPolicy(use_all=all_clicks), output=output, switch=switch, progress=True)
+    typer.echo(f"trained on {summary['triplets']} clicks ({summary['held_out_triplets']} held out) in {summary['seconds']:.0f} s"
+               + (" (simulated log)" if summary["simulated_log"] else ""))
+    typer.echo(f"held-out recall@1 of the clicked item: {summary['baseline_recall@1']:.3f} current model, "
+               f"{summary['recall@1']:.3f} new model")
+    state = "now active" if summary["active"] else "stored, not active (snapshop model use VERSION to switch)"
+    typer.echo(f"model version {summary['version']}: {state}; model file {summary['model_file']}")
+
+
+model_app = typer.Typer(help="List the index's model versions; switch between them.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("list")
+def model_list(index: Optional[Path] = IndexOption, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every model version of the index; * marks the one searches use."""
+    settings = _settings(index=index)
+    with user_errors():
+        versions = Engine.open(settings.index, settings).versions
+    if as_json:
+        typer.echo(json.dumps(versions, indent=2))
+        return
+    for entry in versions:
+        training = entry["training"]
+        trained = (f"trained on {training['triplets']} clicks, held-out recall@1 {training['baseline_recall@1']:.3f} -> "
+                   f"{training['recall@1']:.3f}") if training else "pretrained"
+        typer.echo(f"{'*' if entry['active'] else ' '} {entry['version']}  {entry['model']:<24} {trained}")
+
+
+@model_app.command("use")
+def model_use(version: str = typer.Argument(..., help="A version from `snapshop model list`."),
+              index: Optional[Path] = IndexOption) -> None:
+    """Switch searches to VERSION (roll back or forward), after bringing it up to date with the catalog."""
+    from snapshop.learn.loop import use_version
+
+    settings = _settings(index=index)
+    with user_errors():
+        changed = use_version(settings, version, progress=True)
+    typer.echo(f"searches now use model version {version} ({changed['updated']} items embedded again, "
+               f"{changed['removed']} removed to match the catalog)")
 
 
 def _parse_box(text: str) -> list[int]:

@@ -6,7 +6,11 @@ snapshop-index/
   model.onnx      the backbone every vector in this index was computed with
   meta.sqlite     items, images, vectors, fitted projection / ITQ / classifier
   write.lock      held by the one process that is writing
+  versions/V/     a later model version (`snapshop train`): a whole index folder like this one
+  active.json     which version searches use; absent: this folder's own
 ```
+Switching versions is one atomic replace of `active.json`; a running engine notices it
+before its next search and moves over (`Engine._refresh`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 DATABASE = "meta.sqlite"
 LOCK = "write.lock"
+ACTIVE = "active.json"
+VERSIONS = "versions"
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,56 @@ class IndexManifest:
 class IndexFolder:
     """Paths and files of one index folder."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root: Path | None = None) -> None:
         self.path = Path(path)
+        self.root = Path(root) if root is not None else self.path  # the folder users name; holds the lock
+
+    # --- model versions ------------------------------------------------------------------
+
+    def active(self) -> "IndexFolder":
+        """The folder of the version searches use."""
+        pointer = self.root / ACTIVE
+        if not pointer.is_file():
+            return IndexFolder(self.root)
+        try:
+            version = json.loads(pointer.read_text())["version"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexError_(f"{pointer}: damaged ({exc}); write {{\"version\": ...}} or delete it") from None
+        return self.version(version)
+
+    def version(self, version: str) -> "IndexFolder":
+        """The folder of a model version (the top folder's own, or one under versions/)."""
+        if (self.root / MANIFEST).is_file() and IndexFolder(self.root).read_manifest().model_version == version:
+            return IndexFolder(self.root)
+        folder = IndexFolder(self.root / VERSIONS / version, root=self.root)
+        if not folder.exists():
+            known = ", ".join(v for v, _ in self.versions()) or "none"
+            raise IndexError_(f"{self.root}: no model version {version!r} (known: {known})")
+        return folder
+
+    def versions(self) -> list[tuple[str, "IndexFolder"]]:
+        """(model version, folder) of every version, oldest first."""
+        found = [IndexFolder(self.root)] if (self.root / MANIFEST).is_file() else []
+        found += sorted((IndexFolder(path.parent, root=self.root) for path in (self.root / VERSIONS).glob(f"*/{MANIFEST}")),
+                        key=lambda folder: (folder.path / MANIFEST).stat().st_mtime_ns)
+        return [(folder.read_manifest().model_version, folder) for folder in found]
+
+    def new_version_folder(self, version: str) -> "IndexFolder":
+        return IndexFolder(self.root / VERSIONS / version, root=self.root)
+
+    def activate(self, version: str) -> None:
+        """Make `version` the one searches use (one atomic, durable file replace)."""
+        self.version(version)
+        _atomic_write(self.root / ACTIVE, json.dumps({"version": version}))
+        _sync_folder(self.root)
+
+    def active_stamp(self) -> tuple[int, int] | None:
+        """Changes whenever `activate` runs: a cheap check for a switch."""
+        try:
+            stat = (self.root / ACTIVE).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_ino
 
     @property
     def database(self) -> Path:
@@ -97,17 +152,28 @@ class IndexFolder:
 
     @contextmanager
     def write_lock(self) -> Iterator[None]:
-        """Hold the single-writer lock; a second writer is refused with a clear message."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK, "a+") as handle:
+        """Hold the single-writer lock of the whole index (every version); a second writer is
+        refused with a clear message. The thread holding it may take it again."""
+        held: set[Path] = _held_locks.__dict__.setdefault("roots", set())
+        self.root.mkdir(parents=True, exist_ok=True)
+        root = self.root.resolve()
+        if root in held:
+            yield
+            return
+        with open(self.root / LOCK, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise IndexError_(f"{self.path}: another process is writing to this index; try again when it is done") from None
+                raise IndexError_(f"{self.root}: another process is writing to this index; try again when it is done") from None
+            held.add(root)
             try:
                 yield
             finally:
+                held.discard(root)
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_held_locks = threading.local()  # index roots whose write lock this thread holds
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -117,6 +183,15 @@ def _atomic_write(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(scratch, path)
+
+
+def _sync_folder(path: Path) -> None:
+    """fsync a folder, so a rename inside it survives a crash."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

@@ -399,6 +399,15 @@ class MetadataStore:
                 f"SELECT image_id FROM images WHERE code IS NOT NULL AND item_id IN ({','.join('?' * len(chunk))})", chunk)]
         return sorted(found)
 
+    def item_ids(self) -> list[str]:
+        """Every item id, sorted."""
+        return [r[0] for r in self._read.execute("SELECT item_id FROM items ORDER BY item_id")]
+
+    def image_boxes(self) -> list[tuple[str, str, list[int] | None]]:
+        """(item_id, source, box found at indexing) of every image."""
+        rows = self._read.execute("SELECT item_id, source, box FROM images ORDER BY image_id").fetchall()
+        return [(item_id, source, json.loads(box) if box else None) for item_id, source, box in rows]
+
     def image_rows(self) -> Iterator[tuple[int, str, str]]:
         """(image_id, item_id, source) of every image."""
         yield from self._read.execute("SELECT image_id, item_id, source FROM images ORDER BY image_id").fetchall()

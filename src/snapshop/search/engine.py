@@ -14,12 +14,13 @@ change log, which is also how other processes' writes reach this one before each
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -41,7 +42,7 @@ from snapshop.curate.rerank import Candidate, CurationOptions, curate, other_col
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
 from snapshop.models.augment import is_clean_shot
-from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, crop, generic_descriptors
+from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, box_in_photo, crop, generic_descriptors
 from snapshop.models.fitting import CatalogViews, describe_views
 from snapshop.models.localize import Box, ObjectnessModel
 from snapshop.models.projection import load_arrays, save_arrays
@@ -114,6 +115,7 @@ class Engine:
         self._write_mutex = threading.Lock()
         self._reload_lock = threading.Lock()
         self._compaction: threading.Thread | None = None
+        self._active_stamp = folder.active_stamp()
         self._reload()
 
     # --- opening -------------------------------------------------------------------------
@@ -121,7 +123,7 @@ class Engine:
     @classmethod
     def open(cls, path: str | Path, settings: Settings) -> "Engine":
         """Open an existing index; a missing or damaged one is a clear IndexError_."""
-        folder = IndexFolder(Path(path))
+        folder = IndexFolder(Path(path)).active()
         return cls(folder, settings, folder.read_manifest())
 
     @classmethod
@@ -129,6 +131,7 @@ class Engine:
         """Open an index for writing, creating it with `model` (or the `model` setting) if absent."""
         folder = IndexFolder(Path(path))
         if folder.exists():
+            folder = folder.active()
             manifest = folder.read_manifest()
             if model is not None:
                 wanted = resolve_model(model)
@@ -363,6 +366,10 @@ class Engine:
             else:
                 examples = lambda rows: (descriptors[rows], truth[rows])
                 probe, probe_pooled, probe_truth = descriptors[held], descriptors[held], truth[held]
+            clicks = self._click_examples(classes) if views is not None else None
+            if clicks is not None:  # query crops labelled by what shoppers clicked
+                catalog_examples = examples
+                examples = lambda rows: tuple(np.concatenate(pair) for pair in zip(catalog_examples(rows), clicks))
             held_clf = CategoryClassifier().fit(*examples(train))
             p_model = _expand(held_clf, held_clf.predict_proba(probe), len(classes))
             sims = self.codec.encode(probe_pooled)[0] @ self.codec.encode(descriptors[train])[0].T
@@ -375,6 +382,26 @@ class Engine:
         if classifier is not None:
             arrays.update(coef=classifier.coef_, intercept=classifier.intercept_)
         self.store.save_fitted("category", save_arrays(**arrays), {"alpha": alpha, "fitted_on": len(labels)})
+
+    def set_click_examples(self, layouts: np.ndarray, labels: list[str]) -> None:
+        """Keep query crops' regional layouts labelled with their clicked item's category: the
+        category classifier learns from them at every fit of this index."""
+        with self.store.transaction():
+            self.store.save_fitted("click_category", save_arrays(layouts=layouts.astype(np.float16),
+                                                                 labels=np.array(labels, str)),
+                                   {"examples": len(labels)})
+
+    def _click_examples(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The stored click examples of known classes, as classifier input and class indices."""
+        stored = self.store.fitted("click_category")
+        if stored is None:
+            return None
+        arrays = load_arrays(stored[0])
+        known = np.isin(arrays["labels"], classes)
+        if not known.any():
+            return None
+        return (arrays["layouts"][known].astype(np.float32),
+                np.searchsorted(classes, arrays["labels"][known]))
 
     def _fit_match_threshold(self, descriptors: np.ndarray, views: CatalogViews) -> None:
         """The cosine that best separates true matches from the nearest strangers, on synthetic
@@ -479,11 +506,45 @@ class Engine:
         self.index = open_backend(self.folder.path, self.store, params, codec_id, settings)
 
     def _refresh(self) -> None:
-        """Catch up with committed writes (this process's or another's); reload after a refit."""
+        """Catch up with committed writes (this process's or another's); reload after a refit;
+        move to another model version when one was activated (`snapshop train`, `model use`)."""
+        if self.folder.active_stamp() != self._active_stamp:
+            with self._reload_lock:
+                self._follow_active_version()
         if self.index.refresh():
             with self._reload_lock:
                 if self.index.refresh():
                     self._reload()
+
+    def _follow_active_version(self) -> None:
+        """Open the active version's model, store and index, and only then swap them in: a
+        search sees the old version or the new one, never a mix."""
+        stamp = self.folder.active_stamp()
+        if stamp == self._active_stamp:
+            return
+        folder = self.folder.active()
+        if folder.path.resolve() != self.folder.path.resolve():
+            moved = Engine(folder, self.settings, folder.read_manifest())
+            # The old store and index are left to the garbage collector: a search of another
+            # thread may still be reading them.
+            self.folder, self.manifest, self.store, self.encoder = moved.folder, moved.manifest, moved.store, moved.encoder
+            self.codec, self.category_model, self.match_threshold = moved.codec, moved.category_model, moved.match_threshold
+            self.index = moved.index
+            log.info("now searching model version %s", self.manifest.model_version)
+        self._active_stamp = stamp
+
+    @property
+    def versions(self) -> list[dict]:
+        """Every model version of the index: version, model name, items, whether searches use it."""
+        active = self.folder.active().path.resolve()
+        listed = []
+        for version, folder in self.folder.versions():
+            manifest = folder.read_manifest()
+            training = folder.path / "training.json"
+            listed.append({"version": version, "model": manifest.model_name, "active": folder.path.resolve() == active,
+                           "folder": str(folder.path),
+                           "training": json.loads(training.read_text()) if training.is_file() else None})
+        return listed
 
     @property
     def categories(self) -> list[str]:
@@ -562,6 +623,12 @@ class Engine:
         with timer("embed"):
             descriptors = self.encoder.describe_regions([crop(images[p], results[p].boxes[0]) for p in ok])
             features, codes = self.codec.encode(descriptors.pooled)
+            if descriptors.boxes is not None:  # a model trained from clicks learned where the product is
+                for p, learned in zip(ok, descriptors.boxes):
+                    if p in given:
+                        continue
+                    found_box = results[p].boxes[0]
+                    results[p].boxes[0] = replace(box_in_photo(learned, images[p], found_box), score=found_box.score)
         with timer("category"):
             partitions = self._choose_partitions(results, ok, descriptors, features, codes, category)
         with timer("search"):

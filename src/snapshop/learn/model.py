@@ -1,0 +1,98 @@
+"""The joint localization and embedding head (Pailitao's model), trained from clicks.
+
+On the backbone's feature map of a crop (C x h x w), a localization branch scores every
+cell (a 1x1 convolution); the softmax of the scores is a distribution over where the
+product is, and the product's box is its mean plus and minus `spread` standard deviations.
+A soft, differentiable mask built from that box (a product of four sigmoids) weights the
+cells in a masked GeM pooling; a linear layer projects the pooled vector to the
+L2-normalised embedding. The triplet loss on the embedding is the only training signal:
+the box is learned through the mask, with no box labels.
+
+The head starts as the foundation's model: the linear layer is the fitted projection and
+the box covers the product's crop, so training begins from the current search quality.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+GEM_P = 3.0
+MASK_SHARPNESS = 0.04  # sigmoid temperature of the mask edges, in units of the crop's side
+INITIAL_HALF_SIDE = 0.42  # the box of an untrained head: the crop without its margin
+
+
+class ClickHead(nn.Module):
+    """Feature map -> (L2-normalised embedding, box as [x0, y0, x1, y1] in 0-1 of the input)."""
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.cell_scores = nn.Conv2d(channels, 1, kernel_size=1)
+        nn.init.zeros_(self.cell_scores.weight)
+        nn.init.zeros_(self.cell_scores.bias)
+        uniform_std = np.sqrt((7**2 - 1) / 12) / 7  # a uniform distribution over 7 cells
+        self.log_spread = nn.Parameter(torch.tensor(float(np.log(INITIAL_HALF_SIDE / uniform_std))))
+        self.project = nn.Linear(channels, dim)
+
+    @classmethod
+    def from_projection(cls, mean: np.ndarray, components: np.ndarray) -> "ClickHead":
+        """A head that computes the foundation's projection `(x - mean) @ components`."""
+        head = cls(components.shape[0], components.shape[1])
+        with torch.no_grad():
+            weight = torch.from_numpy(np.ascontiguousarray(components.T, np.float32))
+            head.project.weight.copy_(weight)
+            head.project.bias.copy_(-(weight @ torch.from_numpy(mean.astype(np.float32))))
+        return head
+
+    def box(self, maps: torch.Tensor) -> torch.Tensor:
+        """N x 4 boxes (x0, y0, x1, y1 in 0-1) from N x C x h x w maps."""
+        n, _, h, w = maps.shape
+        weights = torch.softmax(self.cell_scores(maps).reshape(n, h * w), dim=1).reshape(n, h, w)
+        xs = (torch.arange(w, dtype=maps.dtype) + 0.5) / w
+        ys = (torch.arange(h, dtype=maps.dtype) + 0.5) / h
+        px, py = weights.sum(dim=1), weights.sum(dim=2)  # marginals over columns and rows
+        cx, cy = px @ xs, py @ ys
+        sx = torch.sqrt((px * (xs - cx[:, None]) ** 2).sum(dim=1) + 1e-6)
+        sy = torch.sqrt((py * (ys - cy[:, None]) ** 2).sum(dim=1) + 1e-6)
+        spread = torch.exp(self.log_spread)
+        return torch.stack([cx - spread * sx, cy - spread * sy, cx + spread * sx, cy + spread * sy], dim=1).clamp(0, 1)
+
+    def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        box = self.box(maps)
+        _, _, h, w = maps.shape
+        xs = ((torch.arange(w, dtype=maps.dtype) + 0.5) / w)[None, :]
+        ys = ((torch.arange(h, dtype=maps.dtype) + 0.5) / h)[None, :]
+        edge = lambda v: torch.sigmoid(v / MASK_SHARPNESS)
+        mask_x = edge(xs - box[:, 0:1]) * edge(box[:, 2:3] - xs)  # N x w
+        mask_y = edge(ys - box[:, 1:2]) * edge(box[:, 3:4] - ys)  # N x h
+        mask = (mask_y[:, :, None] * mask_x[:, None, :])[:, None]  # N x 1 x h x w
+        pooled = ((maps.clamp(min=1e-6) ** GEM_P * mask).sum(dim=(2, 3)) / (mask.sum(dim=(2, 3)) + 1e-6)) ** (1 / GEM_P)
+        embedding = self.project(F.normalize(pooled, dim=1))
+        return F.normalize(embedding, dim=1), box
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {name: value.detach().numpy() for name, value in self.state_dict().items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClickHead":
+        channels, dim = arrays["project.weight"].shape[1], arrays["project.weight"].shape[0]
+        head = cls(channels, dim)
+        head.load_state_dict({name: torch.from_numpy(np.asarray(value)) for name, value in arrays.items()})
+        return head
+
+
+def save_head(head: ClickHead, path: Path, **info: object) -> None:
+    """The head's weights as an .npz file (what the package ships for `fashion-clicks`)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **head.to_arrays())
+    path.write_bytes(buffer.getvalue())
+
+
+def load_head(path: Path) -> ClickHead:
+    with np.load(path) as arrays:
+        return ClickHead.from_arrays({name: arrays[name] for name in arrays.files})
