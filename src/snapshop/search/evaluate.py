@@ -21,10 +21,11 @@ from snapshop.errors import DatasetError, SnapshopError
 from snapshop.models.localize import box_iou
 from snapshop.models.pooling import pool
 from snapshop.search.engine import Engine
-from snapshop.search.results import Query
+from snapshop.search.results import Query, SearchResult
 
 CUTOFFS = (1, 5, 10)
 BATCH = 32
+DETAIL = "queries_detail"
 
 
 def read_queries(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -49,26 +50,39 @@ def read_queries(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def evaluate(engine: Engine, dataset: Path, *, limit: int | None = None, baseline: bool = True,
-             progress: bool = False) -> dict[str, Any]:
-    """Run the pipeline (and the baseline) on every query; return both sets of metrics."""
+             progress: bool = False, details: bool = False) -> dict[str, Any]:
+    """Run the pipeline (and the baseline) on every query; return both sets of metrics.
+
+    `details` adds `queries_detail`, one record per query (truth, prediction, top results) for the HTML report.
+    """
     queries = read_queries(dataset, limit)
     stats = engine.stats()
+    pipeline, records = _evaluate_pipeline(engine, queries, progress)
     outcome: dict[str, Any] = {
         "dataset": str(dataset),
         "queries": len(queries),
         "index": {key: stats[key] for key in ("items", "images", "model", "pooling", "dim", "bits", "projection")},
-        "pipeline": _evaluate_pipeline(engine, queries, progress),
+        "pipeline": pipeline,
     }
     if baseline:
         outcome["baseline"] = _evaluate_baseline(engine, queries, progress)
+    if details:
+        outcome[DETAIL] = records
     return outcome
 
 
-def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> dict[str, Any]:
-    ranked: list[list[set[str]]] = []
+def summary(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The outcome without its per-query records: what report.json and `--json` hold."""
+    return {key: value for key, value in outcome.items() if key != DETAIL}
+
+
+def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> tuple[dict[str, Any], list[dict]]:
+    """The pipeline's metrics, and one record per query."""
+    ranks: list[int | None] = []
+    records: list[dict[str, Any]] = []
     duplicate_rates: list[float] = []
     no_match: list[bool] = []
-    category_hits: list[bool] = []
+    categories: list[tuple[str, str]] = []  # (true, predicted)
     ious: list[float] = []
     stage_ms: dict[str, float] = defaultdict(float)
     errors = 0
@@ -76,31 +90,49 @@ def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> d
         batch = queries[start : start + BATCH]
         results = engine.search([Query(str(q["path"]), q["path"]) for q in batch], k=max(CUTOFFS))
         for query, result in zip(batch, results):
+            ranks.append(_rank([{hit.item_id, *hit.also} for hit in result.results], query["item_id"]))
+            records.append(_record(query, result, ranks[-1]))
             if result.error:
                 errors += 1
-                ranked.append([])
                 continue
-            ranked.append([{hit.item_id, *hit.also} for hit in result.results])
             duplicate_rates.append(_duplicate_rate(result.results[: max(CUTOFFS)]))
             if result.match is not None:
                 no_match.append(result.match == "none")
             if query.get("category") is not None and result.category is not None:
-                category_hits.append(result.category.name == query["category"])
+                categories.append((str(query["category"]), result.category.name))
             if query.get("box") and result.boxes:
                 ious.append(box_iou(result.boxes[0].as_list(), query["box"]))
             for stage, ms in result.timing_ms.items():
                 stage_ms[stage] += ms
-    metrics = _retrieval_metrics(ranked, [q["item_id"] for q in queries])
+    metrics = _retrieval_metrics(ranks)
     valid = max(1, len(queries) - errors)
     metrics.update(
-        category_accuracy=_mean(category_hits),
+        category_accuracy=_mean([true == predicted for true, predicted in categories]),
         box_iou=_mean(ious),
         duplicate_rate=_mean(duplicate_rates),
         no_match_rate=_mean(no_match),
         errors=errors,
         ms_per_query={stage: round(ms / valid, 2) for stage, ms in stage_ms.items()},
+        per_category=_per_category(ranks, queries),
+        confusion=_confusion(categories),
     )
-    return metrics
+    return metrics, records
+
+
+def _record(query: dict[str, Any], result: SearchResult, rank: int | None) -> dict[str, Any]:
+    """What the report's gallery shows of one query: the truth, the prediction, the top results."""
+    return {
+        "image": str(query["path"]),
+        "item_id": query["item_id"],
+        "category": query.get("category"),
+        "box": query.get("box"),
+        "predicted_category": result.category.name if result.category else None,
+        "box_found": result.boxes[0].as_list() if result.boxes else None,
+        "results": [{"item_id": hit.item_id, "image": hit.image, "score": round(hit.score, 4), "also": hit.also}
+                    for hit in result.results],
+        "rank": rank,
+        "error": result.error,
+    }
 
 
 def _evaluate_baseline(engine: Engine, queries: list[dict], progress: bool) -> dict[str, Any]:
@@ -113,7 +145,7 @@ def _evaluate_baseline(engine: Engine, queries: list[dict], progress: bool) -> d
         catalog.append(pool(backbone.feature_maps(images), "gap"))
     catalog_vectors = np.concatenate(catalog)
     item_of_row = np.array([item_id for _, item_id, _ in rows])
-    ranked: list[list[set[str]]] = []
+    ranks: list[int | None] = []
     elapsed = 0.0
     for start in tqdm(range(0, len(queries), BATCH), desc="baseline queries", unit="batch", disable=not progress):
         batch = queries[start : start + BATCH]
@@ -126,26 +158,57 @@ def _evaluate_baseline(engine: Engine, queries: list[dict], progress: bool) -> d
                 loaded.append(None)
         good = [image for image in loaded if image is not None]
         vectors = iter(pool(backbone.feature_maps(good), "gap")) if good else iter(())
-        for image in loaded:
+        for query, image in zip(batch, loaded):
             if image is None:
-                ranked.append([])
+                ranks.append(None)
                 continue
             order = np.argsort(-(catalog_vectors @ next(vectors)))
-            ranked.append([{item} for item in list(dict.fromkeys(item_of_row[order[: 20 * max(CUTOFFS)]]))[: max(CUTOFFS)]])
+            items = list(dict.fromkeys(item_of_row[order[: 20 * max(CUTOFFS)]]))[: max(CUTOFFS)]
+            ranks.append(_rank([{item} for item in items], query["item_id"]))
         elapsed += time.perf_counter() - began
-    metrics = _retrieval_metrics(ranked, [q["item_id"] for q in queries])
+    metrics = _retrieval_metrics(ranks)
     metrics.update(category_accuracy=None, box_iou=None, ms_per_query={"total": round(1000 * elapsed / len(queries), 2)})
     return metrics
 
 
-def _retrieval_metrics(ranked: list[list[set[str]]], truth: list[str]) -> dict[str, Any]:
-    """recall@K (a card holding the true item in the top K) and mAP@10 (one relevant item: 1 / rank).
-    A card holds its item and the identical items folded into it."""
-    ranks = [next((rank for rank, card in enumerate(cards, start=1) if item in card), None)
-             for cards, item in zip(ranked, truth)]
-    metrics: dict[str, Any] = {f"recall@{k}": _mean([r is not None and r <= k for r in ranks]) for k in CUTOFFS}
+def _rank(cards: list[set[str]], item: str) -> int | None:
+    """Position (from 1) of the first card holding `item`; a card holds its item and the identical items folded
+    into it."""
+    return next((rank for rank, card in enumerate(cards, start=1) if item in card), None)
+
+
+def _retrieval_metrics(ranks: list[int | None]) -> dict[str, Any]:
+    """recall@K (the true item in the top K), for K = 1..10 as `recall_curve`, and mAP@10 (one relevant item:
+    1 / rank)."""
+    curve = [_recall(ranks, k) for k in range(1, max(CUTOFFS) + 1)]
+    metrics: dict[str, Any] = {f"recall@{k}": curve[k - 1] for k in CUTOFFS}
     metrics["mAP@10"] = _mean([1.0 / r if r is not None and r <= 10 else 0.0 for r in ranks])
+    metrics["recall_curve"] = curve
     return metrics
+
+
+def _recall(ranks: list[int | None], k: int) -> float | None:
+    return _mean([rank is not None and rank <= k for rank in ranks])
+
+
+def _per_category(ranks: list[int | None], queries: list[dict]) -> dict[str, dict[str, Any]]:
+    """recall@1 and recall@10 over the queries of each true category."""
+    by_category: dict[str, list[int | None]] = defaultdict(list)
+    for rank, query in zip(ranks, queries):
+        if query.get("category") is not None:
+            by_category[str(query["category"])].append(rank)
+    return {category: {"queries": len(found), "recall@1": _recall(found, 1), "recall@10": _recall(found, 10)}
+            for category, found in sorted(by_category.items())}
+
+
+def _confusion(categories: list[tuple[str, str]]) -> dict[str, Any]:
+    """Counts of (true, predicted) category pairs: a row per true class, a column per predicted class."""
+    classes = sorted({name for pair in categories for name in pair})
+    position = {name: number for number, name in enumerate(classes)}
+    counts = [[0] * len(classes) for _ in classes]
+    for true, predicted in categories:
+        counts[position[true]][position[predicted]] += 1
+    return {"classes": classes, "counts": counts}
 
 
 def _duplicate_rate(hits: list) -> float:
@@ -180,7 +243,7 @@ def _cell(value: Any) -> str:
 
 
 def write_report(outcome: dict[str, Any], folder: Path) -> None:
-    """report.json and report.md in `folder`."""
+    """report.json (without the per-query records) and report.md in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(outcome, indent=2))
+    (folder / "report.json").write_text(json.dumps(summary(outcome), indent=2))
     (folder / "report.md").write_text(f"# snapshop evaluation\n\n```\n{format_table(outcome)}\n```\n")
