@@ -201,22 +201,30 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report",
                                           help="Write report.json, report.md and an HTML report (index.html with "
                                                "plots and example queries) to this folder."),
+    versions: str = typer.Option("active", "--versions",
+                                 help="Model versions to compare side by side: active, all, or VERSION,VERSION."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Retrieval and category metrics on a labelled query set, side by side with the baseline."""
+    """Retrieval and category metrics on a labelled query set, side by side with the baseline (and other model versions)."""
     from snapshop.search.evaluate import evaluate as run_evaluation, format_table, summary, write_report
     from snapshop.search.report import write_html_report
 
     settings = _settings(index=index, backend=backend, milvus_uri=uri)
+    runs = []
     with user_errors():
-        engine = Engine.open(settings.index, settings)
-        outcome = run_evaluation(engine, dataset, limit=limit, baseline=baseline, progress=True,
-                                 details=report is not None)
-        if report:
-            write_report(outcome, report)
+        for position, engine in enumerate(Engine.open_versions(settings.index, settings, versions)):
+            outcome = run_evaluation(engine, dataset, limit=limit, baseline=baseline and position == 0, progress=True,
+                                     details=report is not None)
             model = outcome["index"]["model"]
-            page = write_html_report(report, [(f"{model['name']} {model['version']}", outcome)])
-    typer.echo(json.dumps(summary(outcome), indent=2) if as_json else format_table(outcome))
+            runs.append((f"{model['name']} {model['version']}", outcome))
+            engine.close()
+        if report:
+            write_report(runs, report)
+            page = write_html_report(report, runs)
+    if as_json:
+        typer.echo(json.dumps(summary(runs[0][1]) if len(runs) == 1 else {label: summary(o) for label, o in runs}, indent=2))
+    else:
+        typer.echo("\n\n".join(f"model {label}\n{format_table(outcome)}" for label, outcome in runs))
     if report:
         typer.echo(f"HTML report: {page}", err=as_json)
 

@@ -124,8 +124,8 @@ def test_outcome_records_each_query_with_its_rank_and_results(outcome, catalog):
 
 def test_records_are_opt_in_and_stay_out_of_report_json(engine, dataset, outcome, tmp_path):
     assert "queries_detail" not in evaluate(engine, dataset, baseline=False)
-    write_report(outcome, tmp_path)
-    saved = json.loads((tmp_path / "report.json").read_text())
+    write_report([("v1", outcome)], tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())["v1"]
     assert "queries_detail" not in saved and saved["pipeline"]["recall_curve"] == outcome["pipeline"]["recall_curve"]
 
 

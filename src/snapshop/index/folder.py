@@ -151,9 +151,10 @@ class IndexFolder:
         return ModelSpec(manifest.model_name, self.model_path, manifest.preprocessing)
 
     @contextmanager
-    def write_lock(self) -> Iterator[None]:
+    def write_lock(self, *, for_this_thread: bool = False) -> Iterator[None]:
         """Hold the single-writer lock of the whole index (every version); a second writer is
-        refused with a clear message. The thread holding it may take it again."""
+        refused with a clear message. Taken `for_this_thread`, the writes this thread makes
+        inside (several engines' adds, then a version switch) run under it as one."""
         held: set[Path] = _held_locks.__dict__.setdefault("roots", set())
         self.root.mkdir(parents=True, exist_ok=True)
         root = self.root.resolve()
@@ -165,7 +166,8 @@ class IndexFolder:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise IndexError_(f"{self.root}: another process is writing to this index; try again when it is done") from None
-            held.add(root)
+            if for_this_thread:
+                held.add(root)
             try:
                 yield
             finally:

@@ -70,7 +70,7 @@ def train_from_clicks(settings: Settings, click_log: Path, *, config: TrainConfi
     folder = engine.folder.new_version_folder(spec.version)
     if folder.exists():
         raise SnapshopError(f"model version {spec.version} already exists in {engine.folder.root}")
-    with folder.write_lock():
+    with folder.write_lock(for_this_thread=True):
         manifest = folder.create(spec, dim=engine.manifest.dim, bits=engine.manifest.bits, pooling=engine.manifest.pooling)
         save_head(result.head, folder.path / HEAD_FILE)
         (folder.path / TRAINING_FILE).write_text(json.dumps(info, indent=2))
@@ -93,7 +93,7 @@ def use_version(settings: Settings, version: str, *, progress: bool = False) -> 
     """Bring a model version up to date with the catalog of the active one, then activate it."""
     current = Engine.open(settings.index, settings)
     target_folder = current.folder.version(version)
-    with current.folder.write_lock():
+    with current.folder.write_lock(for_this_thread=True):
         target = Engine(target_folder, settings, target_folder.read_manifest())
         changed = sync_version(current, target, progress=progress)
         target_folder.activate(version)

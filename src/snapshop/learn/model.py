@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -86,13 +87,13 @@ class ClickHead(nn.Module):
         return head
 
 
-def save_head(head: ClickHead, path: Path, **info: object) -> None:
+def save_head(head: ClickHead, path: Path) -> None:
     """The head's weights as an .npz file (what the package ships for `fashion-clicks`)."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **head.to_arrays())
     path.write_bytes(buffer.getvalue())
 
 
-def load_head(path: Path) -> ClickHead:
-    with np.load(path) as arrays:
+def load_head(source: Path | BinaryIO) -> ClickHead:
+    with np.load(source) as arrays:
         return ClickHead.from_arrays({name: arrays[name] for name in arrays.files})

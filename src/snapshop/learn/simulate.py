@@ -55,46 +55,73 @@ class SimulationReport:
                 "simulated": True}
 
 
+@dataclass(frozen=True)
+class ResultPage:
+    """What a search showed for one labelled photo."""
+
+    query_image: Path
+    true_item: str
+    box: list[int] | None
+    hits: list[tuple[str, list[str]]]  # (item_id, identical items folded into its card), best first
+
+
+def search_pages(engine: Engine, queries_path: Path, *, shown: int = 20, limit: int | None = None,
+                 progress: bool = False) -> tuple[list[ResultPage], int]:
+    """Search every labelled photo with the current model: its result page, and how many failed."""
+    queries = read_queries(queries_path, limit)
+    pages, errors = [], 0
+    for start in tqdm(range(0, len(queries), BATCH), desc="searching", unit="batch", disable=not progress):
+        batch = queries[start : start + BATCH]
+        for query, result in zip(batch, engine.search([Query(str(q["path"]), q["path"]) for q in batch], k=shown)):
+            if result.error:
+                errors += 1
+                continue
+            pages.append(ResultPage(Path(query["path"]), query["item_id"],
+                                    result.boxes[0].as_list() if result.boxes else None,
+                                    [(hit.item_id, list(hit.also)) for hit in result.results]))
+    return pages, errors
+
+
 def simulate_clicks(engine: Engine, queries_path: Path, out_path: Path, *, model: ShopperModel = ShopperModel(),
                     seed: int = 0, limit: int | None = None, progress: bool = False) -> SimulationReport:
     """Search every labelled photo of `queries_path` and write one simulated impression per photo."""
-    queries = read_queries(queries_path, limit)
+    pages, errors = search_pages(engine, queries_path, shown=model.shown, limit=limit, progress=progress)
+    report = write_shoppers(pages, out_path, model=model, seed=seed)
+    report.errors = errors
+    return report
+
+
+def write_shoppers(pages: list[ResultPage], out_path: Path, *, model: ShopperModel = ShopperModel(),
+                   seed: int = 0) -> SimulationReport:
+    """Simulated shoppers on result pages, written as a click log (atomically)."""
     rng = np.random.default_rng(seed)
     report = SimulationReport()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scratch = out_path.with_suffix(out_path.suffix + ".tmp")
     with scratch.open("w", encoding="utf-8") as log:
-        for start in tqdm(range(0, len(queries), BATCH), desc="simulated shoppers", unit="batch",
-                          disable=not progress):
-            batch = queries[start : start + BATCH]
-            results = engine.search([Query(str(q["path"]), q["path"]) for q in batch], k=model.shown)
-            for number, (query, result) in enumerate(zip(batch, results), start=start):
-                if result.error:
-                    report.errors += 1
-                    continue
-                record = _shopper(query["item_id"], result.results, model, rng)
-                record = {"ts": (START + timedelta(seconds=number)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                          "query_image": _relative(Path(query["path"]), out_path.parent),
-                          "box": result.boxes[0].as_list() if result.boxes else None, **record, "simulated": True}
-                log.write(json.dumps(record) + "\n")
-                report.impressions += 1
-                report.with_click += bool(record["clicked"])
-                report.clicks += len(record["clicked"])
-                report.wrong_clicks += sum(not _is_true(item, query["item_id"], result.results) for item in record["clicked"])
+        for number, page in enumerate(pages):
+            record = {"ts": (START + timedelta(seconds=number)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                      "query_image": _relative(page.query_image, out_path.parent), "box": page.box,
+                      **_shopper(page, model, rng), "simulated": True}
+            log.write(json.dumps(record) + "\n")
+            report.impressions += 1
+            report.with_click += bool(record["clicked"])
+            report.clicks += len(record["clicked"])
+            report.wrong_clicks += sum(not _is_true(item, page) for item in record["clicked"])
         log.flush()
         os.fsync(log.fileno())
     os.replace(scratch, out_path)
     return report
 
 
-def _shopper(true_item: str, hits: list, model: ShopperModel, rng: np.random.Generator) -> dict[str, Any]:
+def _shopper(page: ResultPage, model: ShopperModel, rng: np.random.Generator) -> dict[str, Any]:
     """One simulated shopper's clicks on a result page."""
-    shown = [hit.item_id for hit in hits]
+    shown = [item for item, _ in page.hits]
     record: dict[str, Any] = {"shown": shown, "clicked": [], "dwell_ms": {}, "purchased": []}
     if not shown or rng.random() < model.leave:
         return record
     seen = [rank for rank in range(len(shown)) if rng.random() < 1.0 / (rank + 1) ** model.eta]
-    true_seen = [rank for rank in seen if true_item == shown[rank] or true_item in hits[rank].also]
+    true_seen = [rank for rank in seen if _is_true(shown[rank], page)]
     if not true_seen or rng.random() >= model.click_true:
         return record
     wrong_seen = [rank for rank in seen if rank not in true_seen]
@@ -111,8 +138,9 @@ def _shopper(true_item: str, hits: list, model: ShopperModel, rng: np.random.Gen
     return record
 
 
-def _is_true(item: str, true_item: str, hits: list) -> bool:
-    return item == true_item or any(hit.item_id == item and true_item in hit.also for hit in hits)
+def _is_true(item: str, page: ResultPage) -> bool:
+    """The true product, or a card that folds it in (an identical item of another seller)."""
+    return item == page.true_item or any(shown == item and page.true_item in also for shown, also in page.hits)
 
 
 def _relative(path: Path, folder: Path) -> str:

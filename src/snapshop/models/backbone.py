@@ -211,5 +211,22 @@ def export_trained_model(head: "torch.nn.Module", onnx_path: Path, variant: int 
     _export_efficientnet_lite(f"efficientnet-lite{variant}+clicks", variant, onnx_path, head)
 
 
+def _fashion_clicks(cache_dir: Path) -> ModelSpec:
+    """EfficientNet-Lite0 with the head and box head trained on SIMULATED clicks over the
+    Fashion-MNIST training images (`bench/fashion_clicks.py` makes the shipped weights)."""
+    from importlib import resources
+
+    weights = resources.files("snapshop.models").joinpath("weights", "fashion-clicks.npz")
+    onnx_path = cache_dir / "models" / f"fashion-clicks-{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}.onnx"
+    if not onnx_path.is_file():
+        import io
+
+        from snapshop.learn.model import load_head
+
+        _export_efficientnet_lite("fashion-clicks", 0, onnx_path, load_head(io.BytesIO(weights.read_bytes())))
+    return ModelSpec(name="fashion-clicks", onnx_path=onnx_path, preprocessing=Preprocessing(input_size=224))
+
+
 for _variant, _size in ((0, 224), (1, 240), (2, 260)):
     register_embedder(f"efficientnet-lite{_variant}", _efficientnet_lite(_variant, _size))
+register_embedder("fashion-clicks", _fashion_clicks)

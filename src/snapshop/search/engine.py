@@ -127,6 +127,19 @@ class Engine:
         return cls(folder, settings, folder.read_manifest())
 
     @classmethod
+    def open_versions(cls, path: str | Path, settings: Settings, which: str = "active") -> Iterator["Engine"]:
+        """Engines of the model versions named in `which`: active, all, or a comma-separated list."""
+        root = IndexFolder(Path(path))
+        if which == "active":
+            folders = [root.active()]
+        elif which == "all":
+            folders = [folder for _, folder in root.versions()]
+        else:
+            folders = [root.version(version.strip()) for version in which.split(",") if version.strip()]
+        for folder in folders:
+            yield cls(folder, settings, folder.read_manifest())
+
+    @classmethod
     def open_or_create(cls, path: str | Path, settings: Settings, *, model: str | None = None) -> "Engine":
         """Open an index for writing, creating it with `model` (or the `model` setting) if absent."""
         folder = IndexFolder(Path(path))

@@ -242,8 +242,9 @@ def _cell(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def write_report(outcome: dict[str, Any], folder: Path) -> None:
-    """report.json (without the per-query records) and report.md in `folder`."""
+def write_report(runs: list[tuple[str, dict[str, Any]]], folder: Path) -> None:
+    """report.json (per model version, without the per-query records) and report.md in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(summary(outcome), indent=2))
-    (folder / "report.md").write_text(f"# snapshop evaluation\n\n```\n{format_table(outcome)}\n```\n")
+    (folder / "report.json").write_text(json.dumps({label: summary(outcome) for label, outcome in runs}, indent=2))
+    tables = "\n\n".join(f"## {label}\n\n```\n{format_table(outcome)}\n```" for label, outcome in runs)
+    (folder / "report.md").write_text(f"# snapshop evaluation\n\n{tables}\n")
