@@ -27,6 +27,6 @@ fi
 # torch first and pinned: the CPU build of 2.13.0; nothing later may replace it.
 "$VENV/bin/python" -m pip install --quiet torch==2.13.0
 "$VENV/bin/python" -m pip install --quiet -e ".[export,test,cluster]"  # cluster: Milvus server + Ray, for their tests
-# Export the default model to ONNX once, so the first search does not pay for it.
-"$VENV/bin/python" -c "from snapshop.models.backbone import resolve_model; resolve_model('efficientnet-lite0')"
+# Export the default model and the demo's (fashion-clicks) to ONNX once, so the first search does not pay for it.
+"$VENV/bin/python" -c "from snapshop.models.backbone import resolve_model; [resolve_model(m) for m in ('efficientnet-lite0', 'fashion-clicks')]"
 echo "snapshop installed in $VENV"

@@ -262,6 +262,8 @@ def demo(
     queries: int = typer.Option(5, help="Example searches to run."),
     serve_page: bool = typer.Option(True, "--serve/--no-serve",
                                     help="End by serving the search page on the demo index."),
+    model: str = typer.Option("fashion-clicks", "--model", envvar="SNAPSHOP_MODEL",
+                              help="Model of the demo index [default: fashion-clicks, trained on SIMULATED clicks]."),
 ) -> None:
     """Build a Fashion-MNIST demo catalog and index, run example searches on simulated shopper photos, then serve."""
     from snapshop.datasets import build_fashion_catalog, build_shopper_queries
@@ -271,7 +273,7 @@ def demo(
         typer.echo(f"building the demo catalog ({items} Fashion-MNIST products) in {folder}/catalog")
         manifest = build_fashion_catalog(folder / "catalog", n_items=items)
         shots = build_shopper_queries(folder / "catalog", folder / "queries", n_queries=queries)
-        engine = Engine.open_or_create(settings.index, settings)
+        engine = Engine.open_or_create(settings.index, settings, model=model)
         report = engine.add(read_catalog(manifest), progress=True)
         typer.echo(f"indexed {report.items_added + report.items_updated} items into {settings.index}")
         rows = [json.loads(line) for line in shots.read_text().splitlines() if line.strip()]

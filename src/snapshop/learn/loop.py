@@ -52,11 +52,8 @@ def train_from_clicks(settings: Settings, click_log: Path, *, config: TrainConfi
         raise SnapshopError(f"{click_log}: no usable click ({len(clicks.impressions)} impressions, "
                             f"{len(clicks.bad_lines)} bad lines)")
     variant = _efficientnet_variant(engine)
-    initial, current = _starting_point(engine)
-    categories = {item: fields.get("category") or "" for item, fields in engine.store.items(engine.store.item_ids()).items()}
-    images = engine.store.image_boxes()
-    catalog = CatalogImages([source for _, source, _ in images], [box for _, _, box in images],
-                            [item for item, _, _ in images], categories)
+    initial, current = starting_point(engine)
+    catalog = catalog_images(engine)
     workdir = engine.folder.root / "training"
     result = train_head(initial, current, engine.backbone, engine.load, triplets, catalog, workdir, config,
                         progress=progress)
@@ -115,6 +112,15 @@ def sync_version(source: Engine, target: Engine, *, progress: bool = False) -> d
     return {"updated": len(stale), "removed": len(gone)}
 
 
+def catalog_images(engine: Engine) -> CatalogImages:
+    """The index's catalog images, boxes, items and categories, for training."""
+    items = engine.store.items(engine.store.item_ids())
+    images = engine.store.image_boxes()
+    return CatalogImages([source for _, source, _ in images], [box for _, _, box in images],
+                         [item for item, _, _ in images],
+                         {item: fields.get("category") or "" for item, fields in items.items()})
+
+
 def catalog_rows(engine: Engine) -> list[CatalogRow]:
     """The catalog an index holds, as manifest rows (to embed it again with another model)."""
     return _rows(engine.store.items(engine.store.item_ids()))
@@ -148,7 +154,7 @@ def _efficientnet_variant(engine: Engine) -> int:
     return int(match.group(1))
 
 
-def _starting_point(engine: Engine) -> tuple[ClickHead, Callable[[torch.Tensor], torch.Tensor]]:
+def starting_point(engine: Engine) -> tuple[ClickHead, Callable[[torch.Tensor], torch.Tensor]]:
     """The head training starts from (the current model's) and the current model as a function of maps."""
     projection = engine.codec.projection
     mean = torch.from_numpy(projection.mean_.astype(np.float32))
