@@ -1,0 +1,76 @@
+"""Training choices compared on the SIMULATED click logs of bench/clicks.py (run that first).
+
+    .venv/bin/python bench/click_variants.py     # a few minutes: the feature maps are cached by bench/clicks.py
+
+Each variant trains the head from the pretrained model on one log; each is measured on the
+1,000 held-out SIMULATED shopper photos (other backgrounds, other seed) with their true
+items: recall@1 of exact float search over every catalog image, each photo cropped to the
+box the pretrained pipeline finds. Variants: triplet vs N-pair loss, and on the noisy log
+(20% of clicks on a wrong item) the dwell filter vs every click.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snapshop.learn.clicklog import read_click_log
+from snapshop.learn.loop import catalog_images, starting_point
+from snapshop.learn.mining import TrustPolicy, mine_triplets
+from snapshop.learn.train import MapCache, TrainConfig, train_head
+from snapshop.search.engine import Engine
+from snapshop.search.evaluate import read_queries
+from snapshop.search.results import Query
+from snapshop.settings import load_settings
+
+VARIANTS = (
+    ("clean log, triplet loss (default)", "clean", TrainConfig(), TrustPolicy()),
+    ("clean log, N-pair loss", "clean", TrainConfig(loss="npair"), TrustPolicy()),
+    ("noisy log, dwell filter (default)", "noisy", TrainConfig(), TrustPolicy()),
+    ("noisy log, every click", "noisy", TrainConfig(), TrustPolicy(use_all=True)),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/clicks"))
+    args = parser.parse_args()
+    settings = load_settings({"index": args.out / "index"})
+    engine = Engine.open(args.out / "index", settings)
+    catalog = catalog_images(engine)
+    held = read_queries(args.out / "heldout" / "queries.jsonl")
+    boxes = [result.boxes[0].as_list() for start in range(0, len(held), 32)
+             for result in engine.search([Query(str(q["path"]), q["path"]) for q in held[start : start + 32]], k=1)]
+    cache = args.out / "index" / "training" / "maps"
+    held_maps, _ = MapCache(engine.backbone, cache, "heldout").build([(q["path"], b) for q, b in zip(held, boxes)], engine.load,
+                                                                     progress=True)
+    catalog_maps, _ = MapCache(engine.backbone, cache, "all-catalog").build(list(zip(catalog.sources, catalog.boxes)),
+                                                                           engine.load, progress=True)
+    truth = np.array([q["item_id"] for q in held])
+    items = np.array(catalog.item_ids)
+    initial, current = starting_point(engine)
+    print(f"\n{'variant':<38}{'triplets':>9}{'log held-out':>13}{'photos held-out':>16}")
+    print(f"{'pretrained (foundation)':<38}{'':>9}{'':>13}{_recall(current, held_maps, catalog_maps, truth, items):>16.3f}")
+    for name, log_name, config, policy in VARIANTS:
+        clicks = read_click_log(args.out / f"clicks-{log_name}.jsonl", engine.store.existing_items)
+        result = train_head(initial, current, engine.backbone, engine.load, mine_triplets(clicks.impressions, policy),
+                            catalog, args.out / "index" / "training", config)
+        embed = lambda maps: result.head(maps)[0]
+        print(f"{name:<38}{result.triplets:>9}{result.recall:>13.3f}"
+              f"{_recall(embed, held_maps, catalog_maps, truth, items):>16.3f}", flush=True)
+
+
+def _recall(embed, queries: np.ndarray, catalog: np.ndarray, truth: np.ndarray, items: np.ndarray) -> float:
+    """recall@1 of exact float search: the nearest catalog image's item is the true one."""
+    with torch.no_grad():
+        gallery = torch.cat([embed(torch.from_numpy(np.asarray(catalog[s : s + 512], np.float32)))
+                             for s in range(0, len(catalog), 512)])
+        found = torch.cat([embed(torch.from_numpy(np.asarray(queries[s : s + 512], np.float32)))
+                           for s in range(0, len(queries), 512)])
+    return float(np.mean(items[(found @ gallery.T).argmax(dim=1).numpy()] == truth))
+
+if __name__ == "__main__":
+    main()
