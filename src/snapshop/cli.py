@@ -337,8 +337,8 @@ def train(
                                     policy=TrustPolicy(use_all=all_clicks), output=output, switch=switch, progress=True)
     typer.echo(f"trained on {summary['triplets']} clicks ({summary['held_out_triplets']} held out) in {summary['seconds']:.0f} s"
                + (" (simulated log)" if summary["simulated_log"] else ""))
-    typer.echo(f"held-out recall@1 of the clicked item: {summary['baseline_recall@1']:.3f} current model, "
-               f"{summary['recall@1']:.3f} new model")
+    typer.echo(f"held-out recall@1 of the clicked item: {_score(summary['baseline_recall@1'])} current model, "
+               f"{_score(summary['recall@1'])} new model")
     state = "now active" if summary["active"] else "stored, not active (snapshop model use VERSION to switch)"
     typer.echo(f"model version {summary['version']}: {state}; model file {summary['model_file']}")
 
@@ -358,8 +358,8 @@ def model_list(index: Optional[Path] = IndexOption, as_json: bool = typer.Option
         return
     for entry in versions:
         training = entry["training"]
-        trained = (f"trained on {training['triplets']} clicks, held-out recall@1 {training['baseline_recall@1']:.3f} -> "
-                   f"{training['recall@1']:.3f}") if training else "pretrained"
+        trained = (f"trained on {training['triplets']} clicks, held-out recall@1 {_score(training['baseline_recall@1'])} -> "
+                   f"{_score(training['recall@1'])}") if training else "pretrained"
         typer.echo(f"{'*' if entry['active'] else ' '} {entry['version']}  {entry['model']:<24} {trained}")
 
 
@@ -374,6 +374,10 @@ def model_use(version: str = typer.Argument(..., help="A version from `snapshop 
         changed = use_version(settings, version, progress=True)
     typer.echo(f"searches now use model version {version} ({changed['updated']} items embedded again, "
                f"{changed['removed']} removed to match the catalog)")
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _parse_box(text: str) -> list[int]:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 from snapshop.errors import DatasetError
 
 MAX_SHOWN = 1000
+MAX_COORDINATE = 1_000_000  # pixels; also keeps infinities out
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,9 @@ def parse_impression(record: Any, line: int, folder: Path) -> Impression:
         raise ValueError(f"clicked items that were not shown: {', '.join(strays[:3])}")
     box = record.get("box")
     if box is not None and not (isinstance(box, list) and len(box) == 4
-                                and all(isinstance(v, (int, float)) and v >= 0 for v in box)
+                                and all(isinstance(v, (int, float)) and 0 <= v < MAX_COORDINATE for v in box)
                                 and box[0] < box[2] and box[1] < box[3]):
-        raise ValueError("box must be [x0, y0, x1, y1] with x0 < x1, y0 < y1, all >= 0")
+        raise ValueError(f"box must be [x0, y0, x1, y1] with x0 < x1, y0 < y1, all in 0..{MAX_COORDINATE}")
     dwell = record.get("dwell_ms", {})
     if not isinstance(dwell, dict) or not all(isinstance(v, (int, float)) for v in dwell.values()):
         raise ValueError("dwell_ms must map item ids to milliseconds")

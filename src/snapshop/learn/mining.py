@@ -58,6 +58,8 @@ def mine_triplets(impressions: list[Impression], policy: TrustPolicy = TrustPoli
 
 
 def held_out(triplet: Triplet, fraction: float) -> bool:
-    """Whether a triplet's photo belongs to the held-out part of the log (a stable hash of the path)."""
-    digest = hashlib.sha1(str(triplet.query_image).encode()).digest()
+    """Whether a triplet's photo belongs to the held-out part of the log: a hash of the photo's
+    file and folder names, stable when the log and its photos move elsewhere together."""
+    photo = triplet.query_image
+    digest = hashlib.sha1(f"{photo.parent.name}/{photo.name}".encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < fraction

@@ -66,7 +66,9 @@ class TrainResult:
     category_labels: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"baseline_recall@1": round(self.baseline_recall, 4), "recall@1": round(self.recall, 4),
+        """JSON-safe: recall is None when no click was held out."""
+        rounded = lambda value: None if np.isnan(value) else round(value, 4)
+        return {"baseline_recall@1": rounded(self.baseline_recall), "recall@1": rounded(self.recall),
                 "triplets": self.triplets, "held_out_triplets": self.held_out_triplets,
                 "skipped_photos": self.skipped_photos, "seconds": round(self.seconds, 1), "history": self.history}
 
@@ -190,10 +192,11 @@ def train_head(initial: ClickHead, current: Callable[[torch.Tensor], torch.Tenso
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         head.eval()
         recall = held_recall(lambda m: head(m)[0])
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5), "held_out_recall@1": round(recall, 4)})
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5),
+                        "held_out_recall@1": None if np.isnan(recall) else round(recall, 4)})
         if not held_rows or recall >= best_recall:
             best_state, best_recall = {k: v.clone() for k, v in head.state_dict().items()}, recall
         torch.save({"run": run_key, "head": head.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
