@@ -5,8 +5,10 @@
 Each variant trains the head from the pretrained model on one log; each is measured on the
 1,000 held-out SIMULATED shopper photos (other backgrounds, other seed) with their true
 items: recall@1 of exact float search over every catalog image, each photo cropped to the
-box the pretrained pipeline finds. Variants: triplet vs N-pair loss, and on the noisy log
-(20% of clicks on a wrong item) the dwell filter vs every click.
+box the pretrained pipeline finds, and the mean IoU of the box each head learned (mapped
+from the crop to the photo) with the simulator's true box, next to the found box's.
+Variants: triplet vs N-pair loss, and on the noisy log (20% of clicks on a wrong item) the
+dwell filter vs every click.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import torch
 from snapshop.learn.clicklog import read_click_log
 from snapshop.learn.loop import catalog_images, starting_point
 from snapshop.learn.mining import TrustPolicy, mine_triplets
-from snapshop.learn.train import MapCache, TrainConfig, train_head
+from snapshop.learn.train import Embedder, MapCache, TrainConfig, train_head
+from snapshop.models.encoder import crop_region
+from snapshop.models.localize import box_iou
 from snapshop.search.engine import Engine
 from snapshop.search.evaluate import read_queries
 from snapshop.search.results import Query
@@ -52,23 +56,35 @@ def main() -> None:
     truth = np.array([q["item_id"] for q in held])
     items = np.array(catalog.item_ids)
     initial, current = starting_point(engine)
-    print(f"\n{'variant':<38}{'triplets':>9}{'log held-out':>13}{'photos held-out':>16}")
-    print(f"{'pretrained (foundation)':<38}{'':>9}{'':>13}{_recall(current, held_maps, catalog_maps, truth, items):>16.3f}")
+    regions = [crop_region(engine.load(q["path"]), box) for q, box in zip(held, boxes)]
+    true_boxes = [q["box"] for q in held]
+    found_iou = np.mean([box_iou(found, true) for found, true in zip(boxes, true_boxes)])
+    print(f"\n{'variant':<38}{'triplets':>9}{'log held-out':>13}{'photos held-out':>16}{'box IoU':>9}")
+    print(f"{'pretrained (foundation)':<38}{'':>9}{'':>13}{_recall(current, held_maps, catalog_maps, truth, items):>16.3f}"
+          f"{found_iou:>9.3f}")
     for name, log_name, config, policy in VARIANTS:
         clicks = read_click_log(args.out / f"clicks-{log_name}.jsonl", engine.store.existing_items)
         result = train_head(initial, current, engine.backbone, engine.load, mine_triplets(clicks.impressions, policy),
                             catalog, args.out / "index" / "training", config)
-        embed = lambda maps: result.head(maps)[0]
+        with torch.no_grad():
+            learned = result.head.box(torch.from_numpy(np.asarray(held_maps, np.float32))).numpy()
+        iou = np.mean([box_iou(_in_photo(box, region), true) for box, region, true in zip(learned, regions, true_boxes)])
         print(f"{name:<38}{result.triplets:>9}{result.recall:>13.3f}"
-              f"{_recall(embed, held_maps, catalog_maps, truth, items):>16.3f}", flush=True)
+              f"{_recall(Embedder.of(result.head), held_maps, catalog_maps, truth, items):>16.3f}{iou:>9.3f}", flush=True)
 
 
-def _recall(embed, queries: np.ndarray, catalog: np.ndarray, truth: np.ndarray, items: np.ndarray) -> float:
+def _in_photo(box: np.ndarray, region: tuple[int, int, int, int]) -> list[float]:
+    """A box in 0-1 of a crop, in the pixels of the photo the crop was cut from."""
+    x0, y0, x1, y1 = region
+    return [x0 + box[0] * (x1 - x0), y0 + box[1] * (y1 - y0), x0 + box[2] * (x1 - x0), y0 + box[3] * (y1 - y0)]
+
+
+def _recall(model: Embedder, queries: np.ndarray, catalog: np.ndarray, truth: np.ndarray, items: np.ndarray) -> float:
     """recall@1 of exact float search: the nearest catalog image's item is the true one."""
     with torch.no_grad():
-        gallery = torch.cat([embed(torch.from_numpy(np.asarray(catalog[s : s + 512], np.float32)))
+        gallery = torch.cat([model.catalog(torch.from_numpy(np.asarray(catalog[s : s + 512], np.float32)))
                              for s in range(0, len(catalog), 512)])
-        found = torch.cat([embed(torch.from_numpy(np.asarray(queries[s : s + 512], np.float32)))
+        found = torch.cat([model.query(torch.from_numpy(np.asarray(queries[s : s + 512], np.float32)))
                            for s in range(0, len(queries), 512)])
     return float(np.mean(items[(found @ gallery.T).argmax(dim=1).numpy()] == truth))
 

@@ -55,7 +55,7 @@ def test_from_projection_with_a_box_over_the_whole_map_is_the_foundations_model(
     head = ClickHead.from_projection(mean, components)
     with torch.no_grad():
         head.log_spread.fill_(10.0)  # a box far wider than the map, clamped to all of it
-    embedding, boxes = head(torch.from_numpy(maps))
+    embedding, boxes, _ = head(torch.from_numpy(maps))
 
     expected = unit((unit(gem(maps)) - mean) @ components)
     assert np.abs(embedding.detach().numpy() - expected).max() < 5e-3
@@ -65,17 +65,30 @@ def test_from_projection_with_a_box_over_the_whole_map_is_the_foundations_model(
 
 def test_an_untrained_head_boxes_the_centre_of_the_crop(rng, projection):
     maps = torch.from_numpy(rng.random((3, CHANNELS, 7, 7)).astype(np.float32))
-    embedding, boxes = ClickHead.from_projection(*projection)(maps)
+    embedding, boxes, product = ClickHead.from_projection(*projection)(maps)
 
     assert_boxes_valid(boxes)
-    assert np.allclose(boxes.detach().numpy(), [[0.08, 0.08, 0.92, 0.92]] * 3, atol=1e-3)
+    assert np.allclose(boxes.detach().numpy(), [[0.083, 0.083, 0.917, 0.917]] * 3, atol=1e-3)
     assert np.allclose(torch.linalg.norm(embedding, dim=1).detach().numpy(), 1.0, atol=1e-5)
+    assert torch.allclose(product, embedding, atol=1e-4)  # untrained, a query's box is the product's
+
+
+def test_a_catalog_shot_is_embedded_over_its_whole_product_whatever_the_box(rng, projection):
+    head = ClickHead.from_projection(*projection)
+    maps = torch.from_numpy(rng.random((3, CHANNELS, 7, 7)).astype(np.float32))
+    before = head.embed_product(maps)
+    with torch.no_grad():
+        head.log_spread.fill_(-1.0)  # a much smaller query box
+    embedding, _, product = head(maps)
+
+    assert torch.allclose(product, before)
+    assert not torch.allclose(embedding, product, atol=1e-3)
 
 
 def test_the_box_is_learned_through_the_loss_on_the_embedding(rng, projection):
     head = ClickHead.from_projection(*projection)
     maps = torch.from_numpy(rng.random((4, CHANNELS, 7, 7)).astype(np.float32))
-    embedding, _ = head(maps)
+    embedding = head(maps)[0]
     loss = torch.relu(0.5 + embedding[0] @ embedding[2] - embedding[0] @ embedding[1])
     loss.backward()
 

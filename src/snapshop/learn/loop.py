@@ -17,7 +17,6 @@ import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from snapshop.index.folder import IndexFolder
 from snapshop.learn.clicklog import read_click_log
 from snapshop.learn.mining import TrustPolicy, mine_triplets
 from snapshop.learn.model import ClickHead, load_head, save_head
-from snapshop.learn.train import CatalogImages, TrainConfig, train_head
+from snapshop.learn.train import CatalogImages, Embedder, TrainConfig, train_head
 from snapshop.models.backbone import ModelSpec, export_trained_model
 from snapshop.models.pooling import pool
 from snapshop.search.engine import Engine
@@ -154,24 +153,20 @@ def _efficientnet_variant(engine: Engine) -> int:
     return int(match.group(1))
 
 
-def starting_point(engine: Engine) -> tuple[ClickHead, Callable[[torch.Tensor], torch.Tensor]]:
-    """The head training starts from (the current model's) and the current model as a function of maps."""
+def starting_point(engine: Engine) -> tuple[ClickHead, Embedder]:
+    """The head training starts from (the current model's) and the current model itself."""
     projection = engine.codec.projection
     mean = torch.from_numpy(projection.mean_.astype(np.float32))
     components = torch.from_numpy(projection.components_.astype(np.float32))
+    project = lambda vectors: F.normalize((vectors - mean) @ components, dim=1)
     head_file = engine.folder.path / HEAD_FILE
     if engine.backbone.has_head:
         if not head_file.is_file():
             raise ModelError(f"{engine.folder.path}: this model's head weights ({HEAD_FILE}) are missing; "
                              "train on an index of a plain backbone")
-        initial = load_head(head_file)
         previous = load_head(head_file).eval()
-        return initial, lambda maps: F.normalize((previous(maps)[0] - mean) @ components, dim=1)
-    initial = ClickHead.from_projection(projection.mean_, projection.components_)
+        return load_head(head_file), Embedder(lambda maps: project(previous(maps)[0]),
+                                              lambda maps: project(previous.embed_product(maps)))
     pooling = engine.manifest.pooling
-
-    def current(maps: torch.Tensor) -> torch.Tensor:
-        pooled = torch.from_numpy(pool(maps.numpy(), pooling))
-        return F.normalize((pooled - mean) @ components, dim=1)
-
-    return initial, current
+    pooled = lambda maps: project(torch.from_numpy(pool(maps.numpy(), pooling)))
+    return ClickHead.from_projection(projection.mean_, projection.components_), Embedder(pooled, pooled)

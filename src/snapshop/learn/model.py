@@ -6,7 +6,9 @@ product is, and the product's box is its mean plus and minus `spread` standard d
 A soft, differentiable mask built from that box (a product of four sigmoids) weights the
 cells in a masked GeM pooling; a linear layer projects the pooled vector to the
 L2-normalised embedding. The triplet loss on the embedding is the only training signal:
-the box is learned through the mask, with no box labels.
+the box is learned through the mask, with no box labels. Catalog shots (clean products on
+a backdrop) are embedded over their whole product instead (`embed_product`), so a query's
+box is pulled towards what matches a whole product.
 
 The head starts as the foundation's model: the linear layer is the fitted projection and
 the box covers the product's crop, so training begins from the current search quality.
@@ -23,9 +25,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from snapshop.models.encoder import PRODUCT_MARGIN
+
 GEM_P = 3.0
 MASK_SHARPNESS = 0.04  # sigmoid temperature of the mask edges, in units of the crop's side
-INITIAL_HALF_SIDE = 0.42  # the box of an untrained head: the crop without its margin
+INITIAL_HALF_SIDE = 0.5 - PRODUCT_MARGIN  # the box of an untrained head: the crop without its margin
 
 
 class ClickHead(nn.Module):
@@ -63,8 +67,21 @@ class ClickHead(nn.Module):
         spread = torch.exp(self.log_spread)
         return torch.stack([cx - spread * sx, cy - spread * sy, cx + spread * sx, cy + spread * sy], dim=1).clamp(0, 1)
 
-    def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embedding inside the learned box, the box, embedding of the whole product crop)."""
         box = self.box(maps)
+        return self.embed(maps, box), box, self.embed_product(maps)
+
+    def embed_product(self, maps: torch.Tensor) -> torch.Tensor:
+        """The embedding of a catalog shot's crop: the product without the crop's margin.
+
+        The catalog side keeps the whole product, so a query's box learns to cover what
+        matches the whole product, not only its most distinctive part."""
+        inner = torch.tensor([[PRODUCT_MARGIN, PRODUCT_MARGIN, 1 - PRODUCT_MARGIN, 1 - PRODUCT_MARGIN]], dtype=maps.dtype)
+        return self.embed(maps, inner.expand(len(maps), 4))
+
+    def embed(self, maps: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        """Masked GeM inside `box` (N x 4, 0-1), projected and L2-normalised."""
         _, _, h, w = maps.shape
         xs = ((torch.arange(w, dtype=maps.dtype) + 0.5) / w)[None, :]
         ys = ((torch.arange(h, dtype=maps.dtype) + 0.5) / h)[None, :]
@@ -73,8 +90,7 @@ class ClickHead(nn.Module):
         mask_y = edge(ys - box[:, 1:2]) * edge(box[:, 3:4] - ys)  # N x h
         mask = (mask_y[:, :, None] * mask_x[:, None, :])[:, None]  # N x 1 x h x w
         pooled = ((maps.clamp(min=1e-6) ** GEM_P * mask).sum(dim=(2, 3)) / (mask.sum(dim=(2, 3)) + 1e-6)) ** (1 / GEM_P)
-        embedding = self.project(F.normalize(pooled, dim=1))
-        return F.normalize(embedding, dim=1), box
+        return F.normalize(self.project(F.normalize(pooled, dim=1)), dim=1)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {name: value.detach().numpy() for name, value in self.state_dict().items()}

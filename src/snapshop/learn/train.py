@@ -118,6 +118,18 @@ class MapCache:
         return np.memmap(path, np.float16, "r", shape=maps.shape), np.array(kept, np.int64)
 
 
+@dataclass(frozen=True)
+class Embedder:
+    """A model as training sees it: feature maps of query crops and of catalog crops to embeddings."""
+
+    query: Callable[[torch.Tensor], torch.Tensor]
+    catalog: Callable[[torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def of(cls, head: ClickHead) -> "Embedder":
+        return cls(lambda maps: head(maps)[0], head.embed_product)
+
+
 @dataclass
 class CatalogImages:
     """The catalog side of training: image sources and boxes, their item ids and categories."""
@@ -128,7 +140,7 @@ class CatalogImages:
     categories: dict[str, str]
 
 
-def train_head(initial: ClickHead, current: Callable[[torch.Tensor], torch.Tensor], backbone: Backbone,
+def train_head(initial: ClickHead, current: "Embedder", backbone: Backbone,
                load: Callable[[Path | str], Image.Image], triplets: list[Triplet], catalog: CatalogImages,
                workdir: Path, config: TrainConfig = TrainConfig(), *, progress: bool = False) -> TrainResult:
     """Train a copy of `initial` on the triplets; `current` embeds maps with the model in use (the baseline)."""
@@ -155,13 +167,13 @@ def train_head(initial: ClickHead, current: Callable[[torch.Tensor], torch.Tenso
     if not train_rows:
         raise SnapshopError("no click in the log can be used for training (no trusted click on an indexed item)")
 
-    def held_recall(embed: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    def held_recall(model: Embedder) -> float:
         if not held_rows:
             return float("nan")
         with torch.no_grad():
-            gallery = torch.cat([embed(_tensor(catalog_maps[s : s + EVAL_BATCH]))
+            gallery = torch.cat([model.catalog(_tensor(catalog_maps[s : s + EVAL_BATCH]))
                                  for s in range(0, len(catalog_maps), EVAL_BATCH)])
-            queries = torch.cat([embed(_tensor(anchor_maps[held_rows[s : s + EVAL_BATCH]]))
+            queries = torch.cat([model.query(_tensor(anchor_maps[held_rows[s : s + EVAL_BATCH]]))
                                  for s in range(0, len(held_rows), EVAL_BATCH)])
             best = (queries @ gallery.T).argmax(dim=1).numpy()
         return float(np.mean([image_items[b] == triplets[r].positive for b, r in zip(best, held_rows)]))
@@ -171,7 +183,7 @@ def train_head(initial: ClickHead, current: Callable[[torch.Tensor], torch.Tenso
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
     checkpoint = workdir / "checkpoint.pt"
     run_key = hashlib.sha1(json.dumps([asdict(config), [t.line for t in triplets], len(catalog_maps)]).encode()).hexdigest()
-    start_epoch, history, best_state, best_recall = 0, [], head.state_dict(), held_recall(lambda m: head(m)[0])
+    start_epoch, history, best_state, best_recall = 0, [], head.state_dict(), held_recall(Embedder.of(head))
     if checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=False)
         if saved.get("run") == run_key:
@@ -194,7 +206,7 @@ def train_head(initial: ClickHead, current: Callable[[torch.Tensor], torch.Tenso
             optimizer.step()
             losses.append(loss.item())
         head.eval()
-        recall = held_recall(lambda m: head(m)[0])
+        recall = held_recall(Embedder.of(head))
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5),
                         "held_out_recall@1": None if np.isnan(recall) else round(recall, 4)})
         if not held_rows or recall >= best_recall:
@@ -216,8 +228,8 @@ def _batch_loss(head: ClickHead, rows: np.ndarray, triplets: list[Triplet], anch
     batch = [triplets[r] for r in rows]
     items = list(dict.fromkeys([t.positive for t in batch] + [n for t in batch for n in t.negatives if n in images_of]))
     picked = [int(rng.choice(images_of[item])) for item in items]
-    anchors, _ = head(_tensor(anchor_maps[rows]))
-    gallery, _ = head(_tensor(catalog_maps[picked]))
+    anchors = head(_tensor(anchor_maps[rows]))[0]
+    gallery = head.embed_product(_tensor(catalog_maps[picked]))
     column = {item: i for i, item in enumerate(items)}
     similarity = anchors @ gallery.T  # B x items
     positive = torch.tensor([column[t.positive] for t in batch])

@@ -76,8 +76,8 @@ class Backbone:
         self._input_name = inputs[0].name
         self.channels = outputs[0].shape[1] if isinstance(outputs[0].shape[1], int) else None
         names = [output.name for output in outputs]
-        self.has_head = {"embedding", "box"} <= set(names)  # a model trained from clicks (`learn.model`)
-        self._outputs = names[:1] + (["embedding", "box"] if self.has_head else [])
+        self.has_head = {"embedding", "box", "product_embedding"} <= set(names)  # trained from clicks (`learn.model`)
+        self._outputs = names[:1] + (["embedding", "box", "product_embedding"] if self.has_head else [])
 
     def feature_maps(self, images: Sequence[Image.Image], size: int | None = None) -> np.ndarray:
         """Feature maps of square-resized images, batched; N x C x h x w float32."""
@@ -85,13 +85,14 @@ class Backbone:
 
     def run(self, images: Sequence[Image.Image], size: int | None = None) -> list[np.ndarray]:
         """Every output, batched: the feature maps, and for a trained model its embeddings
-        (N x D, L2-normalised) and boxes (N x 4, x0 y0 x1 y1 in 0-1 of the input)."""
+        (N x D, L2-normalised), boxes (N x 4, x0 y0 x1 y1 in 0-1 of the input) and the
+        embeddings of the whole input as a catalog shot's product crop (N x D)."""
         size = size or self.spec.preprocessing.input_size
         batches = [self._run(self._to_tensor(images[start : start + self.batch_size], size))
                    for start in range(0, len(images), self.batch_size)]
         if not batches:
             return [np.zeros((0, self.channels or 0, 1, 1), np.float32), np.zeros((0, 0), np.float32),
-                    np.zeros((0, 4), np.float32)][: len(self._outputs)]
+                    np.zeros((0, 4), np.float32), np.zeros((0, 0), np.float32)][: len(self._outputs)]
         return [np.concatenate(parts) for parts in zip(*batches)]
 
     def _to_tensor(self, images: Sequence[Image.Image], size: int) -> np.ndarray:
@@ -188,13 +189,13 @@ def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path, head: "t
             features = self.net.extract_features(images)
             if self.head is None:
                 return features
-            embedding, box = self.head(features)
-            return features, embedding, box
+            embedding, box, product_embedding = self.head(features)
+            return features, embedding, box, product_embedding
 
     log.info("exporting %s to ONNX at %s", name, onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     size = EfficientNet.get_image_size(f"efficientnet-lite{variant}")
-    outputs = ["features"] + (["embedding", "box"] if head is not None else [])
+    outputs = ["features"] + (["embedding", "box", "product_embedding"] if head is not None else [])
     axes = {"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"},
             **{output: {0: "n"} for output in outputs[1:]}}
     with tempfile.TemporaryDirectory(dir=onnx_path.parent) as scratch, torch.no_grad():
@@ -207,7 +208,8 @@ def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path, head: "t
 
 
 def export_trained_model(head: "torch.nn.Module", onnx_path: Path, variant: int = 0) -> None:
-    """EfficientNet-Lite with a trained head as one standalone ONNX file (features, embedding, box)."""
+    """EfficientNet-Lite with a trained head as one standalone ONNX file (features, embedding, box,
+    product_embedding)."""
     _export_efficientnet_lite(f"efficientnet-lite{variant}+clicks", variant, onnx_path, head)
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from snapshop.models.augment import generic_photos, product_box
+from snapshop.models.augment import generic_photos, is_clean_shot, product_box
 from snapshop.models.backbone import Backbone
 from snapshop.models.localize import Box, ObjectnessModel, find_boxes
 from snapshop.models.pooling import layout, pool
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 GENERIC_CROPS_PER_IMAGE = 32
 CROP_MARGIN = 0.1
+PRODUCT_MARGIN = CROP_MARGIN / (1 + 2 * CROP_MARGIN)  # the margin as a share of the crop's side
 GENERIC_SET_VERSION = 2  # bump when generic_images/ changes, to invalidate cached descriptors
 
 
@@ -73,33 +74,25 @@ class ImageEncoder:
         return self.describe_regions(images, with_layout=False).pooled
 
     def describe_regions(self, images: Sequence[Image.Image], *, with_layout: bool = True) -> "Descriptions":
-        """Descriptors and regional layouts of the same backbone pass; a model trained from
-        clicks also gives the box it learned inside each crop."""
+        """Descriptors and regional layouts of the same backbone pass. A model trained from
+        clicks describes a query crop inside the box it learned, a catalog shot over its product."""
         outputs = self.backbone.run(images)
         maps = outputs[0]
-        if self.backbone.has_head:
-            pooled, boxes = outputs[1].astype(np.float32), outputs[2]
+        if self.backbone.has_head:  # a catalog shot is described over its whole product
+            clean = np.array([is_clean_shot(image) for image in images], bool)[:, None]
+            pooled = np.where(clean, outputs[3], outputs[1]).astype(np.float32)
         else:
-            pooled, boxes = pool(maps, self.pooling), None
-        return Descriptions(pooled, layout(maps) if with_layout else np.zeros((len(maps), 0), np.float32), boxes)
+            pooled = pool(maps, self.pooling)
+        return Descriptions(pooled, layout(maps) if with_layout else np.zeros((len(maps), 0), np.float32))
 
 
 @dataclass
 class Descriptions:
-    """Per image: the descriptor (N x D, what the index stores), the regional layout (N x 9C,
-    what the category classifier reads), and a trained model's box in each crop (N x 4, 0-1)."""
+    """Per image: the descriptor (N x D, what the index stores) and the regional layout
+    (N x 9C, what the category classifier reads)."""
 
     pooled: np.ndarray
     layout: np.ndarray
-    boxes: np.ndarray | None = None
-
-
-def box_in_photo(crop_box: Sequence[float], photo: Image.Image, box: Box | Sequence[int]) -> Box:
-    """A box given in 0-1 of the crop that `crop(photo, box)` makes, in the photo's pixels."""
-    x0, y0, x1, y1 = crop_region(photo, box)
-    width, height = x1 - x0, y1 - y0
-    return Box(int(x0 + crop_box[0] * width), int(y0 + crop_box[1] * height),
-               int(np.ceil(x0 + crop_box[2] * width)), int(np.ceil(y0 + crop_box[3] * height)), 1.0)
 
 
 def crop(image: Image.Image, box: Box | Sequence[int]) -> Image.Image:

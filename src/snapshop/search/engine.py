@@ -20,7 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -42,7 +42,7 @@ from snapshop.curate.rerank import Candidate, CurationOptions, curate, other_col
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
 from snapshop.models.augment import is_clean_shot
-from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, box_in_photo, crop, generic_descriptors
+from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, crop, generic_descriptors
 from snapshop.models.fitting import CatalogViews, describe_views
 from snapshop.models.localize import Box, ObjectnessModel
 from snapshop.models.projection import load_arrays, save_arrays
@@ -636,12 +636,6 @@ class Engine:
         with timer("embed"):
             descriptors = self.encoder.describe_regions([crop(images[p], results[p].boxes[0]) for p in ok])
             features, codes = self.codec.encode(descriptors.pooled)
-            if descriptors.boxes is not None:  # a model trained from clicks learned where the product is
-                for p, learned in zip(ok, descriptors.boxes):
-                    if p in given:
-                        continue
-                    found_box = results[p].boxes[0]
-                    results[p].boxes[0] = replace(box_in_photo(learned, images[p], found_box), score=found_box.score)
         with timer("category"):
             partitions = self._choose_partitions(results, ok, descriptors, features, codes, category)
         with timer("search"):
