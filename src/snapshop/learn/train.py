@@ -182,7 +182,8 @@ def train_head(initial: ClickHead, current: "Embedder", backbone: Backbone,
     head = ClickHead.from_arrays(initial.to_arrays())
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
     checkpoint = workdir / "checkpoint.pt"
-    run_key = hashlib.sha1(json.dumps([asdict(config), [t.line for t in triplets], len(catalog_maps)]).encode()).hexdigest()
+    run_key = hashlib.sha1(json.dumps([asdict(config), [t.line for t in triplets], len(catalog_maps)]).encode()
+                           + b"".join(value.tobytes() for value in initial.to_arrays().values())).hexdigest()
     start_epoch, history, best_state, best_recall = 0, [], head.state_dict(), held_recall(Embedder.of(head))
     if checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=False)
