@@ -145,6 +145,14 @@ class Codec:
         rotation = ITQ(bits).fit(projection.transform(descriptors))
         return cls(projection, rotation, source)
 
+    @classmethod
+    def unprojected(cls, descriptors: np.ndarray, *, bits: int, source: str) -> "Codec":
+        """The descriptors as they are (an embedding trained as the metric), then ITQ."""
+        projection = PCAWhitening(descriptors.shape[1])
+        projection.mean_ = np.zeros(descriptors.shape[1])
+        projection.components_ = np.eye(descriptors.shape[1], dtype=np.float32)
+        return cls(projection, ITQ(bits).fit(projection.transform(descriptors)), source)
+
     def encode(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features = self.projection.transform(descriptors)
         return features, self.rotation.transform(features)
