@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from snapshop.errors import IndexError_
+from snapshop.index.segments import fsync_folder
 from snapshop.models.backbone import ModelSpec, Preprocessing, file_digest
 
 FORMAT_VERSION = 1
@@ -99,7 +100,7 @@ class IndexFolder:
         """Make `version` the one searches use (one atomic, durable file replace)."""
         self.version(version)
         _atomic_write(self.root / ACTIVE, json.dumps({"version": version}))
-        _sync_folder(self.root)
+        fsync_folder(self.root)
 
     def active_stamp(self) -> tuple[int, int] | None:
         """Changes whenever `activate` runs: a cheap check for a switch."""
@@ -185,15 +186,6 @@ def _atomic_write(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(scratch, path)
-
-
-def _sync_folder(path: Path) -> None:
-    """fsync a folder, so a rename inside it survives a crash."""
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

@@ -85,7 +85,7 @@ class BaseSegment:
             _write_durably(folder / f"{name}.faiss", lambda path: faiss.write_index_binary(index, str(path)))
         for part in ("ids", "codes", "features"):
             _write_durably(folder / f"{name}.{part}.npy", lambda path, part=part: np.save(path, getattr(rows, part)))
-        _fsync_dir(folder)
+        fsync_folder(folder)
         return cls.load(folder, name, bits=bits, train_distance=train_distance)
 
     @classmethod
@@ -180,7 +180,8 @@ def _write_durably(path: Path, write) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename inside it survives a crash."""
     handle = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(handle)

@@ -31,7 +31,7 @@ from snapshop.learn.model import ClickHead, load_head, save_head
 from snapshop.learn.train import CatalogImages, Embedder, TrainConfig, train_head
 from snapshop.models.backbone import ModelSpec, export_trained_model
 from snapshop.models.pooling import pool
-from snapshop.search.engine import Engine
+from snapshop.search.engine import Engine, item_fields
 from snapshop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def catalog_rows(engine: Engine) -> list[CatalogRow]:
 def _rows(items: dict[str, dict]) -> list[CatalogRow]:
     rows, line = [], 0
     for item_id, item in items.items():
-        fields = {key: value for key, value in item.items() if key not in ("item_id", "category", "images", "main_image", "group")}
+        fields = item_fields(item)
         for source in item["images"]:
             line += 1
             rows.append(CatalogRow(line, item_id, Path(source), item.get("category"), fields))

@@ -461,7 +461,7 @@ class Engine:
             boxes = [found[0] for found in self.encoder.locate(images)]
             described = self.encoder.describe([crop(image, box) for image, box in zip(images, boxes)])
             item = self.store.item(item_id)
-            fields = _item_fields(item)
+            fields = item_fields(item)
             new_ids = self.store.upsert_item(item_id, item["category"], fields, [
                 _new_image(item_id, source, image, box, descriptor)
                 for (_, source), image, box, descriptor in zip(stored, images, boxes, described)])
@@ -744,7 +744,7 @@ class Engine:
             item = items.get(candidate.item_id, {})
             image = sources[candidate.image_id]
             hits.append(Hit(candidate.item_id, candidate.score, image.source, image.category or None,
-                            _item_fields(item), group=candidate.group, also=card.also, quality=candidate.quality,
+                            item_fields(item), group=candidate.group, also=card.also, quality=candidate.quality,
                             colours=candidate.colours, signals=card.signals, curated_score=card.score,
                             close=None if threshold is None else candidate.score >= threshold,
                             other_colours=variants, image_number=_position(item.get("images", []), image.source)))
@@ -910,7 +910,7 @@ def _position(sources: list[str], source: str) -> int:
     return sources.index(source) if source in sources else 0
 
 
-def _item_fields(item: dict) -> dict:
+def item_fields(item: dict) -> dict:
     """The catalog's own fields of an item (title, price, ...), without what the store adds."""
     return {key: value for key, value in item.items()
             if key not in ("item_id", "category", "images", "main_image", "group")}
