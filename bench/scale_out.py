@@ -10,7 +10,7 @@
    metrics) on the faiss index and on the same index opened with the milvus backend,
    against a Milvus server started here on 127.0.0.1.
 
-    python bench/scale_out.py --images 5000 --queries 500 [--out bench/out/scale_out]
+    python bench/scale_out.py --images 5000 --queries 500 [--out bench/out/scale_out] [--work DIR] [--parts ingest,recall]
 
 Needs the cluster extra. On two shared cores both runs compete with whatever else runs:
 say so next to any number it prints.
@@ -67,9 +67,10 @@ def recall(manifest: Path, queries: int, folder: Path, settings) -> dict:
     from snapshop.search.evaluate import evaluate
 
     shots = build_shopper_queries(manifest.parent, folder / "queries", n_queries=queries)
-    engine = Engine.open_or_create(folder / "eval-index", settings)
-    engine.add(read_catalog(manifest), progress=True)
-    engine.close()
+    if not (folder / "eval-index" / "segments.json").exists():  # built by an earlier run in this --work folder
+        engine = Engine.open_or_create(folder / "eval-index", settings)
+        engine.add(read_catalog(manifest), progress=True)
+        engine.close()
     server = MilvusServer(MilvusServerConfig())
     server.set_base_dir(str(folder / "milvus"))
     server.start()
@@ -93,20 +94,26 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--out", type=Path, default=None, help="Write scale_out.json here.")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="Work folder (default: a new temporary one); an eval index already built there is reused.")
+    parser.add_argument("--parts", default="ingest,recall", help="Which measurements to run (comma-separated).")
     args = parser.parse_args()
 
     from snapshop.datasets import build_fashion_catalog
     from snapshop.settings import load_settings
 
     settings = load_settings()
-    folder = Path(tempfile.mkdtemp(prefix="snapshop-scale-"))
+    folder = args.work or Path(tempfile.mkdtemp(prefix="snapshop-scale-"))
     manifest = build_fashion_catalog(folder / "catalog", n_items=args.images)
-    report = {"ingest": ingest(manifest, folder, settings),
-              "recall": recall(manifest, args.queries, folder, settings)}
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "scale_out.json").write_text(json.dumps(report, indent=2))
+    report = {}
+    for part, measure in (("ingest", lambda: ingest(manifest, folder, settings)),
+                          ("recall", lambda: recall(manifest, args.queries, folder, settings))):
+        if part in args.parts.split(","):
+            report[part] = measure()
+            print(json.dumps({part: report[part]}, indent=2), flush=True)  # each part as soon as it is measured
+            if args.out:
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "scale_out.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("milvus_token", "", "Milvus credentials (user:password or an API key); empty: none.", str, secret=True),
     Setting("milvus_consistency", "Bounded", "Consistency of Milvus searches: Strong, Bounded, Session or Eventually.",
             str, choices=("Strong", "Bounded", "Session", "Eventually")),
+    Setting("milvus_timeout", 20, "Seconds a Milvus search or write may take, retries on an unreachable server included.",
+            int, minimum=1, maximum=3600),
     Setting("milvus_nlist", 1024, "Inverted lists of the Milvus BIN_IVF_FLAT index (fixed when the collection is made).",
             int, minimum=1, maximum=65536),
     Setting("ivf_min_images", 20_000, "Images from which a base segment is an IVF instead of exact Hamming search.",

@@ -1,8 +1,9 @@
 """A real Milvus 2.3 standalone server (the `milvus` PyPI package) on 127.0.0.1 for the backend tests.
 
-Started once per session with its data in a temporary folder, stopped by its pid. Tests
-that use it are skipped, with the reason, when the cluster extra is not installed or the
-server does not start within SERVER_START_TIMEOUT seconds.
+One server runs per session with its data in a temporary folder, stopped by its pid; tests
+that kill a server start their own (`launch_milvus`). Tests that use a server are skipped,
+with the reason, when the cluster extra is not installed or the server does not start
+within SERVER_START_TIMEOUT seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import subprocess
 import time
 import urllib.request
 import warnings
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -38,30 +41,71 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
+class LocalMilvus:
+    """A standalone Milvus server on 127.0.0.1 with its data in one folder; it can be killed
+    (SIGKILL, as a crashed node) and started again on the same data and port."""
+
+    def __init__(self, data: Path) -> None:
+        pytest.importorskip("pymilvus", reason="the milvus backend tests need the cluster extra: pip install -e '.[cluster]'")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources deprecation inside the milvus package
+            server_module = pytest.importorskip("milvus", reason="the milvus tests need the `milvus` server package (cluster extra)")
+        self.server = server_module.MilvusServer(server_module.MilvusServerConfig(), wait_for_started=False)
+        self.server.set_base_dir(str(data))
+        self.uri = ""
+
+    def start(self) -> None:
+        """Start (or start again) and wait until healthy; skips the test when it cannot."""
+        try:
+            self.server.start()  # binds the proxy to 127.0.0.1 on a free port from 19530
+        except (OSError, RuntimeError) as exc:
+            pytest.skip(f"the Milvus server could not start: {exc}")
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while not _healthy(self.server.webservice_port):
+            if self.server.server_proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.skip(f"the Milvus server did not become healthy within {SERVER_START_TIMEOUT} s "
+                            f"(logs in {self.server.config.base_data_dir}/logs)")
+            time.sleep(0.5)
+        port = self.server.listen_port
+        self.server.config.configs["proxy_port"] = port  # a restart binds the same port: the same uri
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no clean shutdown, as when the machine under the node fails."""
+        process = self.server.server_proc
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        self.server.stop()
+
+    def stop(self) -> None:
+        if self.server.server_proc is not None:
+            _stop(self.server.server_proc)
+        self.server.stop()
+
+
 @pytest.fixture(scope="session")
-def milvus_uri(tmp_path_factory) -> str:
+def milvus_uri(tmp_path_factory) -> Iterator[str]:
     """http://127.0.0.1:PORT of a Milvus server running for this session."""
-    pytest.importorskip("pymilvus", reason="the milvus backend tests need the cluster extra: pip install -e '.[cluster]'")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pkg_resources deprecation inside the milvus package
-        server_module = pytest.importorskip("milvus", reason="the milvus tests need the `milvus` server package (cluster extra)")
-    server = server_module.MilvusServer(server_module.MilvusServerConfig(), wait_for_started=False)
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus")))
+    server = LocalMilvus(tmp_path_factory.mktemp("milvus"))
+    server.start()
     try:
-        server.start()  # binds the proxy to 127.0.0.1 on a free port from 19530
-    except (OSError, RuntimeError) as exc:
-        pytest.skip(f"the Milvus server could not start: {exc}")
-    process = server.server_proc
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while not _healthy(server.webservice_port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop(process)
-            server.stop()
-            pytest.skip(f"the Milvus server did not become healthy within {SERVER_START_TIMEOUT} s "
-                        f"(logs in {server.config.base_data_dir}/logs)")
-        time.sleep(0.5)
-    try:
-        yield f"http://127.0.0.1:{server.listen_port}"
+        yield server.uri
     finally:
-        _stop(process)
+        server.stop()
+
+
+@pytest.fixture
+def launch_milvus(tmp_path) -> Iterator[Callable[[], LocalMilvus]]:
+    """Start a server of the test's own (one it may kill); stopped when the test ends."""
+    started: list[LocalMilvus] = []
+
+    def launch() -> LocalMilvus:
+        server = LocalMilvus(tmp_path / f"milvus-{len(started)}")
+        started.append(server)
+        server.start()
+        return server
+
+    yield launch
+    for server in started:
         server.stop()

@@ -155,3 +155,26 @@ def test_cli_search_with_the_milvus_backend(fresh_index, catalog, milvus_uri):
                                       "--backend", "milvus", "--uri", milvus_uri, "--json", "-k", "3"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.splitlines()[-1])["results"][0]["item_id"] == "circle-2"
+
+
+def test_a_copied_index_folder_gets_a_collection_of_its_own(fresh_index, milvus_settings, catalog, tmp_path):
+    import shutil
+
+    original = Engine.open(fresh_index, milvus_settings)
+    collection = original.index.collection.name
+    original.close()
+    shutil.copytree(fresh_index, tmp_path / "copy")
+    copy = Engine.open(tmp_path / "copy", milvus_settings)
+    try:
+        assert copy.index.collection.name != collection
+        copy.remove(["circle-0"])
+    finally:
+        copy.close()
+    reopened = Engine.open(fresh_index, milvus_settings)
+    try:
+        assert reopened.index.collection.name == collection
+        held = reopened.index.collection.query("item_id == 'circle-0'", output_fields=["item_id"], consistency_level="Strong")
+        assert {row["item_id"] for row in held} == {"circle-0"}  # the copy's remove never reached the original's
+        assert top(reopened.search([Query("q", catalog.image("circle-0"))], k=3)[0], 1) == ["circle-0"]
+    finally:
+        reopened.close()

@@ -51,15 +51,20 @@ from snapshop.settings import Settings
 
 try:
     from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, MilvusException, connections, utility
+    from pymilvus.client.types import LoadState
 except ImportError:  # pragma: no cover - the message is the point
     raise BackendError("the milvus backend needs the cluster extra: pip install 'snapshop[cluster]'") from None
 
 log = logging.getLogger(__name__)
+# pymilvus logs every retry of a request; its final failure becomes one BackendError here.
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
 STATE = "milvus.json"
 SYNC_LOCK = "milvus.lock"
-CONNECT_TIMEOUT = 10.0  # seconds to reach the server
-RPC_TIMEOUT = 120.0  # seconds for one request (a load or a large upsert may take a while)
+# Timeouts are whole seconds: pymilvus retries an unreachable server until an int timeout
+# runs out, but 75 times (about 3.5 minutes) when it is given a float.
+CONNECT_TIMEOUT = 10  # seconds to reach the server
+ADMIN_TIMEOUT = 120  # seconds for a collection's creation, load, flush or compaction
 PUSH_BATCH = 5000  # rows per upsert / ids per delete request
 MAX_TOPK = 16384  # Milvus's largest search limit
 PARTITION_BUCKETS = 64  # physical partitions the category partition key hashes into
@@ -68,13 +73,15 @@ NAME_LENGTH = 1024  # longest item_id / category stored
 
 @dataclass
 class SyncState:
-    """The contents of milvus.json: which collection on which server holds the log up to `seq`."""
+    """The contents of milvus.json: which collection on which server holds the log up to `seq`,
+    for which index folder (a copied folder must not push into its original's collection)."""
 
     uri: str
     collection: str
     codec: str
     seq: int
     generation: int = 0
+    folder: str = ""
 
     @classmethod
     def read(cls, path: Path) -> "SyncState | None":
@@ -107,6 +114,7 @@ class MilvusIndex:
         self.uri = settings.milvus_uri
         self.consistency = settings.milvus_consistency
         self.nlist = settings.milvus_nlist
+        self.timeout = int(settings.milvus_timeout)
         self.seq = 0
         self._partitions: dict[str, int] = {}
         self._wrote = False  # this process pushed writes: its searches read them (Session consistency)
@@ -139,31 +147,51 @@ class MilvusIndex:
         return False
 
     def _sync(self) -> None:
-        """Bring the collection up to the committed change log (one process at a time)."""
-        with self._lock, _file_lock(self.folder / SYNC_LOCK), _milvus_errors(self.uri), self.store.snapshot():
+        """Bring the collection up to the committed change log (one process at a time). When
+        Milvus fails meanwhile, the changes stay committed in the store for the next push."""
+        with self._lock, _file_lock(self.folder / SYNC_LOCK), self.store.snapshot():
             last = self.store.last_seq()
-            state = SyncState.read(self.state_path)
-            if not self._usable(state):
-                state = self._fill(state, last)
-            elif state.seq < last:
-                changes = self.store.changes_since(state.seq)
-                if not changes or changes[0].seq != state.seq + 1 or any(c.op == "reset" for c in changes):
-                    state = self._fill(state, last)  # the log was pruned past this collection, or refit
-                else:
-                    self._open(state.collection)
-                    self._push(changes)
-                    state.seq = last
-            else:
-                self._open(state.collection)
+            try:
+                with _milvus_errors(self.uri):
+                    state = self._brought_up_to(last)
+            except BackendError as exc:
+                held = SyncState.read(self.state_path)
+                pending = last - (held.seq if held is not None and held.uri == self.uri else 0)
+                if pending > 0:
+                    raise BackendError(f"{exc}; the {pending} change(s) committed since the last push are "
+                                       "kept in the index and pushed when Milvus answers again") from None
+                raise
             state.write(self.state_path)
             self._state_stamp = file_stamp(self.state_path)
             self.seq = last
             self._partitions = {name: count for name, count in self.store.searchable_counts().items() if count}
 
+    def _brought_up_to(self, last: int) -> SyncState:
+        """The collection holding the log up to `last`: this one with the changes pushed, or a new one filled."""
+        state = SyncState.read(self.state_path)
+        here = str(self.folder.resolve())
+        if state is not None and state.folder not in ("", here):
+            log.warning("this index was copied or moved from %s: it gets a collection of its own; drop %s on %s "
+                        "once that folder is gone", state.folder, state.collection, state.uri)
+            state = None  # the original's collection: never written from here
+        if not self._usable(state):
+            return self._fill(state, last)
+        state.folder = here
+        if state.seq < last:
+            changes = self.store.changes_since(state.seq)
+            if not changes or changes[0].seq != state.seq + 1 or any(c.op == "reset" for c in changes):
+                return self._fill(state, last)  # the log was pruned past this collection, or refit
+            self._open(state.collection)
+            self._push(changes)
+            state.seq = last
+        else:
+            self._open(state.collection)
+        return state
+
     def _usable(self, state: SyncState | None) -> bool:
         """The state names a collection on this server, for this codec, that still exists."""
         return (state is not None and state.uri == self.uri and state.codec == self.codec
-                and utility.has_collection(state.collection, using=self._alias, timeout=RPC_TIMEOUT))
+                and utility.has_collection(state.collection, using=self._alias, timeout=self.timeout))
 
     def _fill(self, previous: SyncState | None, last: int) -> SyncState:
         """A new collection holding every searchable image of the store; the previous one dropped."""
@@ -178,8 +206,8 @@ class MilvusIndex:
         self._upsert(vectors.image_ids, vectors.item_ids, vectors.partitions, vectors.codes)
         self._wrote = True
         if previous is not None and previous.uri == self.uri and previous.collection != name:
-            utility.drop_collection(previous.collection, using=self._alias, timeout=RPC_TIMEOUT)
-        return SyncState(self.uri, name, self.codec, last, generation)
+            utility.drop_collection(previous.collection, using=self._alias, timeout=ADMIN_TIMEOUT)
+        return SyncState(self.uri, name, self.codec, last, generation, str(self.folder.resolve()))
 
     def _create(self, name: str) -> Collection:
         """An empty, indexed, loaded collection (shards and replicas from the settings)."""
@@ -192,21 +220,21 @@ class MilvusIndex:
         schema = CollectionSchema(fields, description=f"snapshop index {self.folder.name}")
         collection = Collection(name, schema, using=self._alias, shards_num=self.params.shards,
                                 num_partitions=PARTITION_BUCKETS, consistency_level=self.consistency,
-                                timeout=RPC_TIMEOUT)
+                                timeout=ADMIN_TIMEOUT)
         collection.create_index("code", {"index_type": "BIN_IVF_FLAT", "metric_type": "HAMMING",
-                                         "params": {"nlist": self.nlist}}, timeout=RPC_TIMEOUT)
+                                         "params": {"nlist": self.nlist}}, timeout=ADMIN_TIMEOUT)
         self._load(collection)
         return collection
 
     def _open(self, name: str) -> None:
         if self.collection is None or self.collection.name != name:
-            collection = Collection(name, using=self._alias)
+            collection = Collection(name, using=self._alias, timeout=self.timeout)
             self._load(collection)
             self.collection = collection
 
     def _load(self, collection: Collection) -> None:
         try:
-            collection.load(replica_number=self.params.replicas, timeout=RPC_TIMEOUT)
+            collection.load(replica_number=self.params.replicas, timeout=ADMIN_TIMEOUT)
         except MilvusException as exc:
             raise BackendError(f"Milvus at {self.uri} cannot load {self.params.replicas} replica(s) of "
                                f"{collection.name} ({_reason(exc)})") from None
@@ -217,7 +245,7 @@ class MilvusIndex:
         removed = sorted(gone)
         added = self.store.vectors(c.image_id for c in changes if c.op == "add" and c.image_id not in gone)
         for start in range(0, len(removed), PUSH_BATCH):
-            self.collection.delete(f"image_id in {removed[start:start + PUSH_BATCH]}", timeout=RPC_TIMEOUT)
+            self.collection.delete(f"image_id in {removed[start:start + PUSH_BATCH]}", timeout=self.timeout)
         self._upsert(added.image_ids, added.item_ids, added.partitions, added.codes)
         self._wrote = True
 
@@ -227,9 +255,9 @@ class MilvusIndex:
         found only by an unfiltered search)."""
         for start in range(0, len(image_ids), PUSH_BATCH):
             rows = slice(start, start + PUSH_BATCH)
-            self.collection.delete(f"image_id in {image_ids[rows].tolist()}", timeout=RPC_TIMEOUT)
+            self.collection.delete(f"image_id in {image_ids[rows].tolist()}", timeout=self.timeout)
             self.collection.insert([image_ids[rows].tolist(), item_ids[rows], categories[rows],
-                                    [code.tobytes() for code in codes[rows]]], timeout=RPC_TIMEOUT)
+                                    [code.tobytes() for code in codes[rows]]], timeout=self.timeout)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -272,11 +300,23 @@ class MilvusIndex:
         """Image ids of each query's `limit` nearest codes (Hamming) in these categories (None: all)."""
         expr = None if names is None else f"category in [{', '.join(json.dumps(n, ensure_ascii=False) for n in names)}]"
         level = "Session" if self._wrote and self.consistency in ("Bounded", "Eventually") else self.consistency
-        with _milvus_errors(self.uri):
-            answer = self.collection.search(
+
+        def search():
+            return self.collection.search(
                 data=[code.tobytes() for code in codes], anns_field="code",
                 param={"metric_type": "HAMMING", "params": {"nprobe": self.params.nprobe}},
-                limit=limit, expr=expr, output_fields=[], consistency_level=level, timeout=RPC_TIMEOUT)
+                limit=limit, expr=expr, output_fields=[], consistency_level=level, timeout=self.timeout)
+
+        with _milvus_errors(self.uri):
+            try:
+                answer = search()
+            except MilvusException:
+                # A restarted server may still be loading the collection (or have released it):
+                # load it (this waits until it is searchable) and ask once more.
+                if utility.load_state(self.collection.name, using=self._alias, timeout=self.timeout) == LoadState.Loaded:
+                    raise
+                self._load(self.collection)
+                answer = search()
         return [list(hits.ids) for hits in answer]
 
     def _rerank(self, shortlists: list[list[int]], features: np.ndarray, shortlist: int) -> Candidates:
@@ -302,7 +342,7 @@ class MilvusIndex:
         """The collection's segments as Milvus's query nodes report them (rows still in the
         message stream, not yet in a segment, are not counted)."""
         with _milvus_errors(self.uri):
-            segments = utility.get_query_segment_info(self.collection.name, using=self._alias, timeout=RPC_TIMEOUT)
+            segments = utility.get_query_segment_info(self.collection.name, using=self._alias, timeout=self.timeout)
         return [{"partition": "*", "shard": 0, "base": f"milvus segment {s.segmentID} ({s.index_name or 'no index'})",
                  "base_images": s.num_rows, "delta_images": 0, "tombstones": 0} for s in segments]
 
@@ -317,9 +357,9 @@ class MilvusIndex:
         the change log up to what this collection and any faiss segments both hold."""
         self._sync()
         with _milvus_errors(self.uri):
-            self.collection.flush(timeout=RPC_TIMEOUT)
-            self.collection.compact(timeout=RPC_TIMEOUT)
-            self.collection.wait_for_compaction_completed(timeout=RPC_TIMEOUT)
+            self.collection.flush(timeout=ADMIN_TIMEOUT)
+            self.collection.compact(timeout=ADMIN_TIMEOUT)
+            self.collection.wait_for_compaction_completed(timeout=ADMIN_TIMEOUT)
         upto = min([self.seq, *_faiss_segment_seqs(self.folder)])
         with self.store.transaction():
             self.store.prune_changes(upto)

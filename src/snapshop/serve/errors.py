@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from snapshop.errors import ImageError, IndexError_, ManifestError, ModelError, SettingsError, SnapshopError
+from snapshop.errors import (BackendError, ImageError, IndexError_, ManifestError, ModelError, SettingsError,
+                             SnapshopError)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ SNAPSHOP_ERRORS: tuple[tuple[type[SnapshopError], int, str], ...] = (
     (SettingsError, 400, "bad_setting"),
     (IndexError_, 409, "index_unavailable"),
     (ModelError, 409, "model_unavailable"),
+    (BackendError, 503, "backend_unavailable"),  # Milvus down: the request may succeed later
     (SnapshopError, 400, "bad_request"),
 )
 
