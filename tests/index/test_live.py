@@ -87,6 +87,17 @@ def test_counts_and_partitions(synthetic):
     assert list(s.index.image_ids()) == list(ids)
 
 
+def test_the_store_hands_out_every_searchable_vector_in_batches(synthetic):
+    s, ids, *_ = synthetic(n=23)
+    s.remove(["item4"])
+    whole = s.store.vectors()
+    batches = list(s.store.vector_batches(5))
+    assert [len(batch.image_ids) for batch in batches] == [5, 5, 5, 5, 2]
+    assert np.concatenate([batch.image_ids for batch in batches]).tolist() == whole.image_ids.tolist()
+    assert np.array_equal(np.concatenate([batch.codes for batch in batches]), whole.codes)
+    assert [item for batch in batches for item in batch.item_ids] == whole.item_ids
+
+
 def test_exact_copy_is_found_first_with_cosine_one(synthetic):
     s, ids, _, codes, features = synthetic()
     found = s.index.search(codes[:20], features[:20], shortlist=10)

@@ -202,8 +202,8 @@ class MilvusIndex:
         name = f"{prefix}_g{generation}"
         log.info("filling Milvus collection %s from the database", name)
         self.collection = self._create(name)
-        vectors = self.store.vectors()
-        self._upsert(vectors.image_ids, vectors.item_ids, vectors.partitions, vectors.codes)
+        for vectors in self.store.vector_batches(PUSH_BATCH):
+            self._upsert(vectors.image_ids, vectors.item_ids, vectors.partitions, vectors.codes)
         self._wrote = True
         if previous is not None and previous.uri == self.uri and previous.collection != name:
             utility.drop_collection(previous.collection, using=self._alias, timeout=ADMIN_TIMEOUT)

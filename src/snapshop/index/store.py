@@ -122,6 +122,9 @@ class ImageInfo:
     colours: list[dict] = field(default_factory=list)
 
 
+VECTORS_SELECT = ("SELECT m.image_id, m.item_id, COALESCE(i.category, ''), m.feature, m.code "
+                  "FROM images m JOIN items i USING(item_id) WHERE m.code IS NOT NULL")
+
 _LOG_REMOVALS = (
     "INSERT INTO changes(image_id, item_id, partition, op) "
     "SELECT m.image_id, m.item_id, COALESCE(i.category, ''), 'remove' FROM images m JOIN items i USING(item_id) "
@@ -364,22 +367,23 @@ class MetadataStore:
 
     def vectors(self, image_ids: Iterable[int] | None = None) -> StoredVectors:
         """Searchable images (all, or those of `image_ids` that still exist), by image id."""
-        select = ("SELECT m.image_id, m.item_id, COALESCE(i.category, ''), m.feature, m.code "
-                  "FROM images m JOIN items i USING(item_id) WHERE m.code IS NOT NULL")
         if image_ids is None:
-            rows = self._read.execute(select + " ORDER BY m.image_id").fetchall()
+            rows = self._read.execute(VECTORS_SELECT + " ORDER BY m.image_id").fetchall()
         else:
             rows = []
             for chunk in _chunked(sorted({int(i) for i in image_ids})):
-                rows += self._read.execute(select + f" AND m.image_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                rows += self._read.execute(VECTORS_SELECT + f" AND m.image_id IN ({','.join('?' * len(chunk))})",
+                                           chunk).fetchall()
             rows.sort()
-        return StoredVectors(
-            image_ids=np.array([r[0] for r in rows], np.int64),
-            item_ids=[r[1] for r in rows],
-            partitions=[r[2] for r in rows],
-            features=_stack([r[3] for r in rows], np.float16),
-            codes=_stack([r[4] for r in rows], np.uint8),
-        )
+        return _stored_vectors(rows)
+
+    def vector_batches(self, size: int) -> Iterator[StoredVectors]:
+        """Every searchable image, by image id, `size` at a time (memory bounded by one batch)."""
+        after = -1
+        while rows := self._read.execute(VECTORS_SELECT + " AND m.image_id > ? ORDER BY m.image_id LIMIT ?",
+                                         (after, size)).fetchall():
+            yield _stored_vectors(rows)
+            after = rows[-1][0]
 
     def last_seq(self) -> int:
         """The sequence number of the latest change ever logged (pruned ones included)."""
@@ -443,6 +447,17 @@ class _Snapshot:
     def __exit__(self, kind, value, traceback) -> None:
         if not self._outer:
             self._db.execute("COMMIT")
+
+
+def _stored_vectors(rows: list[tuple]) -> StoredVectors:
+    """Rows of VECTORS_SELECT as arrays."""
+    return StoredVectors(
+        image_ids=np.array([r[0] for r in rows], np.int64),
+        item_ids=[r[1] for r in rows],
+        partitions=[r[2] for r in rows],
+        features=_stack([r[3] for r in rows], np.float16),
+        codes=_stack([r[4] for r in rows], np.uint8),
+    )
 
 
 def _chunked(values: list, size: int = 500) -> Iterator[list]:
