@@ -1,7 +1,7 @@
 """A real Milvus 2.3 standalone server (the `milvus` PyPI package) on 127.0.0.1 for the backend tests.
 
-One server runs per session with its data in a temporary folder, stopped by its pid; tests
-that kill a server start their own (`launch_milvus`). Tests that use a server are skipped,
+One server runs per session with its data in a temporary folder, stopped by its pid; a test
+may kill it and start it again (`milvus_server`). Tests that use a server are skipped,
 with the reason, when the cluster extra is not installed or the server does not start
 within SERVER_START_TIMEOUT seconds.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -41,6 +42,26 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
+def _port_reusing_config(server_module):
+    """The milvus package's config, checking free ports with SO_REUSEADDR as the server itself
+    binds them: a restarted server gets its port back while the connections to the killed one
+    linger in TIME_WAIT."""
+
+    class PortReusingConfig(server_module.MilvusServerConfig):
+        def try_bind_port(self, port: int) -> socket.socket | None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return sock
+            except OSError:
+                sock.close()
+                return None
+
+    return PortReusingConfig
+
+
 class LocalMilvus:
     """A standalone Milvus server on 127.0.0.1 with its data in one folder; it can be killed
     (SIGKILL, as a crashed node) and started again on the same data and port."""
@@ -50,7 +71,7 @@ class LocalMilvus:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pkg_resources deprecation inside the milvus package
             server_module = pytest.importorskip("milvus", reason="the milvus tests need the `milvus` server package (cluster extra)")
-        self.server = server_module.MilvusServer(server_module.MilvusServerConfig(), wait_for_started=False)
+        self.server = server_module.MilvusServer(_port_reusing_config(server_module)(), wait_for_started=False)
         self.server.set_base_dir(str(data))
         self.uri = ""
 
@@ -78,6 +99,10 @@ class LocalMilvus:
         process.wait(timeout=10)
         self.server.stop()
 
+    @property
+    def running(self) -> bool:
+        return self.server.server_proc is not None and self.server.server_proc.poll() is None
+
     def stop(self) -> None:
         if self.server.server_proc is not None:
             _stop(self.server.server_proc)
@@ -85,27 +110,18 @@ class LocalMilvus:
 
 
 @pytest.fixture(scope="session")
-def milvus_uri(tmp_path_factory) -> Iterator[str]:
-    """http://127.0.0.1:PORT of a Milvus server running for this session."""
+def milvus_server(tmp_path_factory) -> Iterator[LocalMilvus]:
+    """The Milvus server of this session. Only one can run at a time here (its embedded etcd
+    binds the fixed peer port 2380), so a test that kills it starts it again."""
     server = LocalMilvus(tmp_path_factory.mktemp("milvus"))
     server.start()
     try:
-        yield server.uri
+        yield server
     finally:
         server.stop()
 
 
-@pytest.fixture
-def launch_milvus(tmp_path) -> Iterator[Callable[[], LocalMilvus]]:
-    """Start a server of the test's own (one it may kill); stopped when the test ends."""
-    started: list[LocalMilvus] = []
-
-    def launch() -> LocalMilvus:
-        server = LocalMilvus(tmp_path / f"milvus-{len(started)}")
-        started.append(server)
-        server.start()
-        return server
-
-    yield launch
-    for server in started:
-        server.stop()
+@pytest.fixture(scope="session")
+def milvus_uri(milvus_server) -> str:
+    """http://127.0.0.1:PORT of the session's Milvus server."""
+    return milvus_server.uri

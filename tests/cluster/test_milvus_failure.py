@@ -41,9 +41,17 @@ def stored_items(engine: Engine, item_ids: list[str]) -> list[str]:
     return sorted(row["item_id"] for row in rows)
 
 
-def test_a_killed_server_comes_back_with_every_acknowledged_write(launch_milvus, fresh_index, make_settings,
+@pytest.fixture
+def killable(milvus_server):
+    """The session's server, running again (same data, same port) once the test is over."""
+    yield milvus_server
+    if not milvus_server.running:
+        milvus_server.start()
+
+
+def test_a_killed_server_comes_back_with_every_acknowledged_write(killable, fresh_index, make_settings,
                                                                   catalog, tmp_path):
-    server = launch_milvus()
+    server = killable
     settings = make_settings(backend="milvus", milvus_uri=server.uri, milvus_timeout=5)
     engine = Engine.open(fresh_index, settings)
     engine.remove(["square-1"])
