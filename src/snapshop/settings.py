@@ -119,8 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
             int, minimum=3),
     Setting("duplicate_correlation", 0.95, "Correlation of two aligned photos needed for them to be identical.", float,
             minimum=0, maximum=1),
-    Setting("duplicate_colour", 0.5, "Share of dominant colour two identical items must have in common.", float,
-            minimum=0, maximum=1),
+    Setting("duplicate_colour_distance", 14.0, "Largest colour difference (CIELAB ΔE, earth mover's distance of the "
+            "dominant colours) between two identical items.", float, minimum=0, maximum=200),
     Setting("min_fit_images", 1000, "Images needed to fit projection and ITQ on the catalog itself.", int, minimum=1),
     Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (decompression-bomb guard).", int, minimum=1),
     Setting("max_image_bytes", 50 * 1024 * 1024, "Largest image file accepted, in bytes.", int, minimum=1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from snapshop.curate.colour import check_colour, colour_match, colour_overlap, dominant_colours, has_colour
+from snapshop.curate.colour import check_colour, colour_distance, colour_overlap, dominant_colours, has_colour
 from snapshop.errors import SnapshopError
 
 
@@ -40,10 +40,15 @@ def test_overlap_filter_and_names():
         check_colour("octarine")
 
 
-def test_colours_match_by_distance_not_by_name():
+def test_colour_distance_is_the_cost_of_repainting_one_product_into_the_other():
     near_black = [{"name": "black", "hex": "#2a2a2a", "share": 0.9}]
     charcoal_ish = [{"name": "grey", "hex": "#303030", "share": 0.9}]  # another name, nearly the same colour
     red = [{"name": "red", "hex": "#c81e23", "share": 0.9}]
-    assert colour_match(near_black, charcoal_ish) == pytest.approx(0.9)
+    assert colour_distance(near_black, charcoal_ish) < 3  # by distance, not by name
     assert colour_overlap(near_black, charcoal_ish) == 0.0
-    assert colour_match(near_black, red) == 0.0
+    assert colour_distance(near_black, red) > 40
+    half_and_half = [{"name": "black", "hex": "#2a2a2a", "share": 0.5}, {"name": "red", "hex": "#c81e23", "share": 0.5}]
+    # half the mass moves from black to red: half the black-red distance
+    assert colour_distance(near_black, half_and_half) == pytest.approx(colour_distance(near_black, red) / 2, rel=1e-6)
+    assert colour_distance(half_and_half, half_and_half) == pytest.approx(0.0, abs=1e-9)
+    assert colour_distance([], red) == float("inf")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy.optimize import linprog
 from skimage.color import lab2rgb, rgb2lab
 
 from snapshop.errors import SnapshopError
@@ -26,7 +27,6 @@ SAMPLE_SIDE = 64
 BACKDROP_DISTANCE = 12.0  # CIELAB distance within which a pixel is taken for the backdrop
 PLAIN_BORDER_SPREAD = 6.0  # a border whose colours vary less than this (CIELAB) is a plain backdrop
 MIN_SHARE = 0.1
-SAME_COLOUR_DELTA = 12.0  # CIELAB distance within which two product colours are the same colour
 _NAMES = list(BASIC_COLOURS)
 _NAMED_LAB = rgb2lab(np.array([list(BASIC_COLOURS.values())], np.float64) / 255.0)[0]
 
@@ -83,21 +83,29 @@ def colour_overlap(a: list[dict], b: list[dict]) -> float:
     return float(sum(min(c["share"], shares_b.get(c["name"], 0.0)) for c in a))
 
 
-def colour_match(a: list[dict], b: list[dict], *, max_delta: float = SAME_COLOUR_DELTA) -> float:
-    """0-1: the share of colour two products have in common, matching colours by CIELAB distance
-    (not by name, so a shade on the border between two names still matches itself)."""
-    def lab(colour: dict) -> np.ndarray:
-        rgb = np.array([int(colour["hex"][i : i + 2], 16) for i in (1, 3, 5)], np.float64) / 255.0
-        return rgb2lab(rgb[None, None, :])[0, 0]
+def colour_distance(a: list[dict], b: list[dict]) -> float:
+    """How far apart two products' colours are: the earth mover's distance between their
+    dominant colours (CIELAB, shares as mass), i.e. the average colour difference (CIE76 ΔE)
+    of the cheapest way to repaint one into the other. A re-encoded or re-balanced copy moves
+    its colours by a few units; the same model in another colour, by 20 and more."""
+    if not a or not b:
+        return float("inf")
+    lab_a, lab_b = _signature_lab(a), _signature_lab(b)
+    mass_a = np.array([c["share"] for c in a], np.float64)
+    mass_b = np.array([c["share"] for c in b], np.float64)
+    mass_a, mass_b = mass_a / mass_a.sum(), mass_b / mass_b.sum()
+    cost = np.linalg.norm(lab_a[:, None] - lab_b[None], axis=2)
+    rows, columns = cost.shape
+    moved_from = np.kron(np.eye(rows), np.ones(columns))  # mass leaving each colour of a
+    moved_to = np.kron(np.ones(rows), np.eye(columns))  # mass reaching each colour of b
+    plan = linprog(cost.ravel(), A_eq=np.vstack([moved_from, moved_to]), b_eq=np.concatenate([mass_a, mass_b]),
+                   bounds=(0, None), method="highs")
+    return float(plan.fun)
 
-    left, right = [(lab(c), c["share"]) for c in a], [[lab(c), c["share"]] for c in b]
-    shared = 0.0
-    for colour, share in left:
-        for other in right:
-            if other[1] > 0 and np.linalg.norm(colour - other[0]) <= max_delta:
-                taken = min(share, other[1])
-                shared, share, other[1] = shared + taken, share - taken, other[1] - taken
-    return float(shared)
+
+def _signature_lab(colours: list[dict]) -> np.ndarray:
+    rgb = np.array([[int(c["hex"][i : i + 2], 16) for i in (1, 3, 5)] for c in colours], np.float64) / 255.0
+    return rgb2lab(rgb[None])[0]
 
 
 def has_colour(colours: list[dict], name: str, *, min_share: float = 0.25) -> bool:

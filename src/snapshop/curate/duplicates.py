@@ -7,8 +7,8 @@ Candidates are an image's few nearest catalog images by float cosine. A pair is 
   matched under one similarity transform (RANSAC, at least `min_inliers` inliers), and the
   photos, aligned by that transform, correlate at least `min_correlation` where the product is;
 
-and, in both cases, the products share most of their dominant colours, matched by CIELAB
-distance (a model in another colour is a variant, not a duplicate). Groups are the connected components of verified pairs.
+and, in both cases, the products' dominant colours are at most `max_colour_distance` apart
+(earth mover's distance in CIELAB: a model in another colour is a variant, not a duplicate). Groups are the connected components of verified pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from skimage.feature import ORB, match_descriptors
 from skimage.measure import ransac
 from skimage.transform import SimilarityTransform, warp
 
-from snapshop.curate.colour import colour_match
+from snapshop.curate.colour import colour_distance
 
 VERIFY_SIDE = 256
 KEYPOINTS = 400
@@ -45,7 +45,7 @@ class PairCheck:
     """The evidence on one candidate pair, and the verdict."""
 
     cosine: float
-    colour_overlap: float
+    colour_distance: float
     inliers: int | None = None
     correlation: float | None = None
     same: bool = False
@@ -63,7 +63,7 @@ class DuplicateRules:
     min_cosine: float = 0.4
     min_inliers: int = 10
     min_correlation: float = 0.95
-    min_colour_overlap: float = 0.5
+    max_colour_distance: float = 14.0
 
 
 class DuplicateVerifier:
@@ -76,14 +76,14 @@ class DuplicateVerifier:
 
     def check(self, a: ImageRef, b: ImageRef, cosine: float) -> PairCheck:
         rules = self.rules
-        overlap = colour_match(a.colours, b.colours)
-        if cosine < rules.min_cosine or overlap < rules.min_colour_overlap:
-            return PairCheck(cosine, overlap)
+        distance = colour_distance(a.colours, b.colours)
+        if cosine < rules.min_cosine or distance > rules.max_colour_distance:
+            return PairCheck(cosine, distance)
         if cosine >= rules.accept_cosine:
-            return PairCheck(cosine, overlap, same=True)
+            return PairCheck(cosine, distance, same=True)
         inliers, correlation = self._geometry(a, b)
         same = inliers >= rules.min_inliers and correlation >= rules.min_correlation
-        return PairCheck(cosine, overlap, inliers, round(correlation, 4), same)
+        return PairCheck(cosine, distance, inliers, round(correlation, 4), same)
 
     def _geometry(self, a: ImageRef, b: ImageRef) -> tuple[int, float]:
         """(RANSAC inliers, correlation of the aligned photos over the product) of a pair."""

@@ -477,7 +477,7 @@ class Engine:
         vectors = self.store.vectors(image_ids)
         rules = DuplicateRules(self.settings.duplicate_accept, self.settings.duplicate_candidate,
                                self.settings.duplicate_inliers, self.settings.duplicate_correlation,
-                               self.settings.duplicate_colour)
+                               self.settings.duplicate_colour_distance)
         verifier = DuplicateVerifier(self.load, rules)
         links: list[tuple[str, str, dict]] = []
         for start in tqdm(range(0, len(image_ids), INGEST_CHUNK), desc="identical items", unit="batch",
