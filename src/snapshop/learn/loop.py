@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from snapshop.catalog.manifest import Catalog, CatalogRow
 from snapshop.errors import ModelError, SnapshopError
 from snapshop.index.folder import IndexFolder
+from snapshop.learn.boxes import learn_objectness
 from snapshop.learn.clicklog import read_click_log
 from snapshop.learn.mining import TrustPolicy, mine_triplets
 from snapshop.learn.model import ClickHead, load_head, save_head
@@ -56,12 +57,14 @@ def train_from_clicks(settings: Settings, click_log: Path, *, config: TrainConfi
     workdir = engine.folder.root / "training"
     result = train_head(initial, current, engine.backbone, engine.load, triplets, catalog, workdir, config,
                         progress=progress)
+    learned_box = learn_objectness(engine.encoder, engine.load, triplets, catalog, seed=config.seed, progress=progress)
     scratch = workdir / "model.onnx"
     export_trained_model(result.head, scratch, variant)
     spec = ModelSpec(f"efficientnet-lite{variant}+clicks", scratch, engine.manifest.preprocessing)
     info = {"click_log": str(click_log), "simulated_log": clicks.simulated, "impressions": len(clicks.impressions),
             "bad_lines": len(clicks.bad_lines), "config": asdict(config), "policy": asdict(policy),
-            "trained_from": engine.manifest.model_version, "backbone_variant": variant, **result.summary()}
+            "trained_from": engine.manifest.model_version, "backbone_variant": variant,
+            "box_learned_on_photos": learned_box[1] if learned_box else 0, **result.summary()}
     improved = result.recall > result.baseline_recall
     folder = engine.folder.new_version_folder(spec.version)
     if folder.exists():
@@ -73,6 +76,8 @@ def train_from_clicks(settings: Settings, click_log: Path, *, config: TrainConfi
         trained = Engine(folder, settings, manifest)
         if result.category_layouts is not None:
             trained.set_click_examples(result.category_layouts, result.category_labels)
+        if learned_box is not None:
+            trained.set_click_objectness(*learned_box)
         trained.add(Catalog(click_log, catalog_rows(engine), []), progress=progress)
         sync_version(engine, trained, progress=progress)  # writes that landed before the lock was taken
         activate = switch == "always" or (switch == "better" and improved)

@@ -45,7 +45,7 @@ def find_boxes(
 
     Always returns at least one box: the whole image when nothing stands out.
     """
-    activation = _upsample(feature_map.sum(axis=0))
+    activation = upsample(feature_map.sum(axis=0))
     peak = activation.max()
     if peak <= 0 or np.ptp(activation) < 1e-6 * peak:
         return [Box(0, 0, *image_size, 0.0)]
@@ -138,11 +138,12 @@ class ObjectnessModel:
         cells = self.probability(feature_map)
         if cells.max() <= 0.5:
             return [Box(0, 0, *image_size, round(float(cells.max()), 4))]
-        probability = np.clip(_upsample(cells), 0.0, 1.0)
+        probability = np.clip(upsample(cells), 0.0, 1.0)
         return boxes_from_map(probability, image_size, cutoff=0.5, threshold=threshold, max_boxes=max_boxes)
 
 
-def _upsample(grid: np.ndarray) -> np.ndarray:
+def upsample(grid: np.ndarray) -> np.ndarray:
+    """A cell map at UPSAMPLE times its resolution (bilinear), for smoother region outlines."""
     return ndimage.zoom(grid.astype(np.float64), UPSAMPLE, order=1, grid_mode=True, mode="nearest")
 
 

@@ -311,9 +311,8 @@ class Engine:
         views = self._catalog_views(ids, progress=progress)
         if views is not None and views.objectness is not None:
             objectness = views.objectness
-            self.store.save_fitted("objectness", save_arrays(coef=objectness.coef_, intercept=np.array(objectness.intercept_)),
-                                   {"fitted_on": len(views.rows)})
-            self.encoder.objectness = objectness
+            self.store.save_fitted("objectness", _objectness_blob(objectness), {"fitted_on": len(views.rows)})
+            self.encoder.objectness = _objectness_model(self.store.fitted("click_objectness")) or objectness
             renamed = self._relocate_scenes(progress=progress) if first_objectness else {}
             if renamed:
                 earlier = ids[views.rows]
@@ -407,6 +406,13 @@ class Engine:
             self.store.save_fitted("click_category", save_arrays(layouts=layouts.astype(np.float16),
                                                                  labels=np.array(labels, str)),
                                    {"examples": len(labels)})
+
+    def set_click_objectness(self, objectness: ObjectnessModel, photos: int) -> None:
+        """Localize with an objectness model learned from clicks (`learn.boxes`) from now on; a
+        refit of this index keeps it (synthetic views only teach a model while none is)."""
+        with self.store.transaction():
+            self.store.save_fitted("click_objectness", _objectness_blob(objectness), {"fitted_on": photos})
+        self.encoder.objectness = objectness
 
     def _click_examples(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The stored click examples of known classes, as classifier input and class indices."""
@@ -513,7 +519,8 @@ class Engine:
             match_info = self.store.fitted("match")
             trusted = match_info and match_info[1]["balanced_accuracy"] >= MIN_MATCH_SEPARATION
             self.match_threshold = float(match_info[1]["threshold"]) if trusted else None
-            self.encoder.objectness = _objectness_model(self.store.fitted("objectness"))
+            self.encoder.objectness = _objectness_model(self.store.fitted("click_objectness")
+                                                        or self.store.fitted("objectness"))
         codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
         settings = self.settings
         params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
@@ -830,6 +837,10 @@ def _category_model(info: tuple[bytes, dict] | None) -> CategoryModel | None:
         classifier.classes_ = arrays["classes"]
         classifier.coef_, classifier.intercept_ = arrays["coef"], arrays["intercept"]
     return CategoryModel(arrays["classes"], classifier, float(info[1].get("alpha", 0.0)))
+
+
+def _objectness_blob(model: ObjectnessModel) -> bytes:
+    return save_arrays(coef=model.coef_, intercept=np.array(model.intercept_))
 
 
 def _objectness_model(info: tuple[bytes, dict] | None) -> ObjectnessModel | None:
