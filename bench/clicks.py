@@ -1,6 +1,6 @@
 """Learning from clicks, end to end, on SIMULATED data (issue 5's acceptance run).
 
-    .venv/bin/python bench/clicks.py            # ~1.5 h on 2 cores; steps already done are reused
+    .venv/bin/python bench/clicks.py [--loss npair]   # ~1.5 h on 2 cores; steps already done are reused
 
 1. The demo catalog (2,000 Fashion-MNIST *test* items) indexed with the pretrained model.
 2. SIMULATED shopper photos: 20,000 for the click log on half of the background photos
@@ -22,6 +22,7 @@ from snapshop.catalog.manifest import read_catalog
 from snapshop.datasets import build_fashion_catalog, build_shopper_queries, list_background_photos
 from snapshop.learn.loop import train_from_clicks
 from snapshop.learn.simulate import ResultPage, ShopperModel, search_pages, write_shoppers
+from snapshop.learn.train import TrainConfig
 from snapshop.search.engine import Engine
 from snapshop.search.evaluate import evaluate
 from snapshop.settings import load_settings
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=20000)
     parser.add_argument("--held-out", type=int, default=1000)
     parser.add_argument("--noise", type=float, default=0.2)
+    parser.add_argument("--loss", choices=("triplet", "npair"), default="triplet", help="snapshop train --loss")
     args = parser.parse_args()
     out: Path = args.out
     backgrounds = list_background_photos()
@@ -58,7 +60,8 @@ def main() -> None:
         report = write_shoppers(pages, log_path, model=ShopperModel(noise=noise), seed=7)
         print(f"{name} SIMULATED log: {json.dumps(report.to_json())}", flush=True)
         began = time.perf_counter()
-        summary = train_from_clicks(settings, log_path, switch="never", progress=True)
+        summary = train_from_clicks(settings, log_path, config=TrainConfig(loss=args.loss), switch="never",
+                                    progress=True)
         summary["train_wall_s"] = round(time.perf_counter() - began, 1)
         summary["log"] = report.to_json()
         results[name] = summary
