@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from snapshop.datasets import build_shopper_queries
 from snapshop.index.live import IndexParams, LiveIndex
-from snapshop.index.store import MetadataStore, NewImage
+from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import crop
 from snapshop.models.pooling import l2_normalize
 from snapshop.search.engine import Engine
@@ -98,8 +98,9 @@ def calibrated_noise(features: np.ndarray, sample: int = 2000) -> float:
 def write(store: MetadataStore, item_ids: list[str], partitions: np.ndarray, features: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Upsert one image per item, searchable in the same transaction (the engine's write path)."""
     with store.transaction():
-        ids = [store.upsert_item(item, str(part) or None, {}, [NewImage(item, "", [0, 0, 1, 1], np.zeros(0))])[0]
-               for item, part in zip(item_ids, partitions)]
+        ids = [image_ids[0] for image_ids in store.upsert_items(
+            [NewItem(item, str(part) or None, {}, [NewImage(item, "", [0, 0, 1, 1], np.zeros(0))])
+             for item, part in zip(item_ids, partitions)])]
         store.set_vectors(np.array(ids), features, codes)
     return np.array(ids)
 

@@ -30,7 +30,7 @@ def main() -> None:
     from milvus import MilvusServer, MilvusServerConfig
     from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections
 
-    from snapshop.index.store import MetadataStore, NewImage
+    from snapshop.index.store import MetadataStore, NewImage, NewItem
 
     rng = np.random.default_rng(0)
     features = rng.standard_normal((args.images, 256)).astype(np.float16)
@@ -38,10 +38,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="snapshop-rerank-"))
     store = MetadataStore(folder / "meta.sqlite")
     with store.transaction():
-        ids = []
-        for start in range(0, args.images, 1000):
-            for row in range(start, min(start + 1000, args.images)):
-                ids += store.upsert_item(f"i{row}", "c", {}, [NewImage(f"i{row}", "x.jpg", [0, 0, 1, 1], features[row])])
+        ids = [image_ids[0] for image_ids in store.upsert_items(
+            [NewItem(f"i{row}", "c", {}, [NewImage(f"i{row}", "x.jpg", [0, 0, 1, 1], features[row])])
+             for row in range(args.images)])]
         store.set_vectors(np.array(ids), features, codes)
 
     server = MilvusServer(MilvusServerConfig())

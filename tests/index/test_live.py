@@ -11,7 +11,7 @@ import pytest
 from snapshop.errors import IndexError_
 from snapshop.index.folder import IndexFolder
 from snapshop.index.live import LAYOUT, IndexParams, LiveIndex
-from snapshop.index.store import MetadataStore, NewImage
+from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
 from snapshop.models.pooling import l2_normalize
 
@@ -30,8 +30,9 @@ class Synthetic:
     def write(self, items: list[str], partitions: list[str], codes: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Upsert one image per item, searchable in the same transaction (as `Engine.add` does)."""
         with self.store.transaction():
-            ids = [self.store.upsert_item(item, part or None, {}, [NewImage(item, f"{item}.jpg", [0, 0, 1, 1], np.zeros(1))])[0]
-                   for item, part in zip(items, partitions)]
+            ids = [image_ids[0] for image_ids in self.store.upsert_items(
+                [NewItem(item, part or None, {}, [NewImage(item, f"{item}.jpg", [0, 0, 1, 1], np.zeros(1))])
+                 for item, part in zip(items, partitions)])]
             self.store.set_vectors(np.array(ids), features, codes)
         self.index.refresh()
         return np.array(ids, np.int64)

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -85,6 +85,16 @@ class NewImage:
     descriptor: np.ndarray
     quality: ImageQuality | None = None
     colours: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to store: its category, fields (title, price, ...) and embedded images."""
+
+    item_id: str
+    category: str | None
+    fields: dict[str, Any]
+    images: list[NewImage]
 
 
 @dataclass(frozen=True)
@@ -186,26 +196,37 @@ class MetadataStore:
 
     # --- writes (call inside a transaction) ---
 
-    def upsert_item(self, item_id: str, category: str | None, fields: dict[str, Any], images: list[NewImage]) -> list[int]:
-        """Replace an item and all its images; returns the new image ids."""
-        self._db.execute(_LOG_REMOVALS, (item_id,))
-        self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
-        self._db.execute(
-            "INSERT INTO items(item_id, category, fields) VALUES (?, ?, ?)",
-            (item_id, category, json.dumps(fields, ensure_ascii=False, default=str)),
-        )
-        image_ids = []
-        for image in images:
-            image_id = self._db.execute(
-                "INSERT INTO images(item_id, source, box, descriptor) VALUES (?, ?, ?, ?)",
-                (item_id, image.source, json.dumps(image.box), _blob(image.descriptor)),
-            ).lastrowid
-            if image.quality is not None:
-                self._db.execute("INSERT INTO image_traits(image_id, quality, signals, colours) VALUES (?, ?, ?, ?)",
-                                 (image_id, image.quality.score, json.dumps(image.quality.signals),
-                                  json.dumps(image.colours)))
-            image_ids.append(image_id)
-        return image_ids
+    def upsert_items(self, items: Sequence[NewItem]) -> list[list[int]]:
+        """Replace items and all their images (a few statements for the whole batch; the last
+        of repeated item ids wins); returns each item's new image ids."""
+        latest = {item.item_id: item for item in items}
+        keys = [(item_id,) for item_id in latest]
+        self._db.executemany(_LOG_REMOVALS, keys)
+        self._db.executemany("DELETE FROM items WHERE item_id = ?", keys)
+        self._db.executemany("INSERT INTO items(item_id, category, fields) VALUES (?, ?, ?)", (
+            (item.item_id, item.category, json.dumps(item.fields, ensure_ascii=False, default=str))
+            for item in latest.values()))
+        next_id = self._next_image_id()
+        image_ids: dict[str, list[int]] = {}
+        rows, traits = [], []
+        for item in latest.values():
+            image_ids[item.item_id] = list(range(next_id, next_id + len(item.images)))
+            for image_id, image in zip(image_ids[item.item_id], item.images):
+                rows.append((image_id, item.item_id, image.source, json.dumps(image.box), _blob(image.descriptor)))
+                if image.quality is not None:
+                    traits.append((image_id, image.quality.score, json.dumps(image.quality.signals),
+                                   json.dumps(image.colours)))
+            next_id += len(item.images)
+        self._db.executemany("INSERT INTO images(image_id, item_id, source, box, descriptor) VALUES (?, ?, ?, ?, ?)",
+                             rows)
+        self._db.executemany("INSERT INTO image_traits(image_id, quality, signals, colours) VALUES (?, ?, ?, ?)",
+                             traits)
+        return [image_ids[item.item_id] for item in items]
+
+    def _next_image_id(self) -> int:
+        """The id the next image gets: ids are never reused, not even those of deleted images."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+        return max(row[0] if row else 0, self._db.execute("SELECT COALESCE(MAX(image_id), 0) FROM images").fetchone()[0]) + 1
 
     def link_duplicates(self, links: list[tuple[str, str, dict]]) -> None:
         """Record verified identical-item pairs (evidence as JSON)."""
@@ -233,12 +254,11 @@ class MetadataStore:
 
     def delete_items(self, item_ids: Iterable[str]) -> list[str]:
         """Delete items (and their images); returns the ids that existed."""
-        deleted = []
-        for item_id in item_ids:
-            self._db.execute(_LOG_REMOVALS, (item_id,))
-            if self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,)).rowcount:
-                deleted.append(item_id)
-        return deleted
+        existing = self.existing_items(item_ids := list(dict.fromkeys(item_ids)))
+        deleted = [(item_id,) for item_id in item_ids if item_id in existing]
+        self._db.executemany(_LOG_REMOVALS, deleted)
+        self._db.executemany("DELETE FROM items WHERE item_id = ?", deleted)
+        return [item_id for item_id, in deleted]
 
     def set_vectors(self, image_ids: np.ndarray, features: np.ndarray, codes: np.ndarray, *, reset: bool = False) -> None:
         """Store float features and codes. New searchable images are logged as adds; a

@@ -34,7 +34,7 @@ from snapshop.errors import IndexError_, SnapshopError
 from snapshop.index.folder import IndexFolder, IndexManifest
 from snapshop.index.backend import IndexBackend, open_backend
 from snapshop.index.live import IndexParams
-from snapshop.index.store import ImageInfo, MetadataStore, NewImage
+from snapshop.index.store import ImageInfo, MetadataStore, NewImage, NewItem
 from snapshop.curate.colour import check_colour, dominant_colours
 from snapshop.curate.duplicates import DuplicateRules, DuplicateVerifier, ImageRef
 from snapshop.curate.quality import image_quality
@@ -256,27 +256,27 @@ class Engine:
             new_images[item_id] = [new_images[item_id][i] for i in kept]
             positions[item_id] = [positions[item_id][i] for i in kept]
         existing = self.store.existing_items(rows[0].item_id for rows in items)
-        stored_ids: list[int] = []
+        written: list[NewItem] = []
         stored_rows: list[int] = []
+        for rows in items:
+            item_id = rows[0].item_id
+            report.errors.extend(failed.get(item_id, []))
+            if item_id in failed and item_id in existing:
+                report.errors.append(RowError(rows[0].line, "kept the indexed version of this item", item_id))
+                continue
+            if not new_images.get(item_id):
+                continue
+            fields = {key: value for row in rows for key, value in row.fields.items()}
+            written.append(NewItem(item_id, rows[0].category, fields, new_images[item_id]))
+            stored_rows += positions[item_id]
+            report.images += len(new_images[item_id])
+            report.written.append(item_id)
+            if item_id in existing:
+                report.items_updated += 1
+            else:
+                report.items_added += 1
         with self.store.transaction():
-            for rows in items:
-                item_id = rows[0].item_id
-                report.errors.extend(failed.get(item_id, []))
-                if item_id in failed and item_id in existing:
-                    report.errors.append(RowError(rows[0].line, "kept the indexed version of this item", item_id))
-                    continue
-                if not new_images.get(item_id):
-                    continue
-                first = rows[0]
-                fields = {key: value for row in rows for key, value in row.fields.items()}
-                stored_ids += self.store.upsert_item(item_id, first.category, fields, new_images[item_id])
-                stored_rows += positions[item_id]
-                report.images += len(new_images[item_id])
-                report.written.append(item_id)
-                if item_id in existing:
-                    report.items_updated += 1
-                else:
-                    report.items_added += 1
+            stored_ids = [image_id for ids in self.store.upsert_items(written) for image_id in ids]
             if self.codec is not None and stored_ids:  # searchable in the same transaction that stores it
                 self.store.set_vectors(np.array(stored_ids), *self.codec.encode(descriptors[stored_rows]))
 
@@ -468,9 +468,9 @@ class Engine:
             described = self.encoder.describe([crop(image, box) for image, box in zip(images, boxes)])
             item = self.store.item(item_id)
             fields = item_fields(item)
-            new_ids = self.store.upsert_item(item_id, item["category"], fields, [
+            new_ids, = self.store.upsert_items([NewItem(item_id, item["category"], fields, [
                 _new_image(item_id, source, image, box, descriptor)
-                for (_, source), image, box, descriptor in zip(stored, images, boxes, described)])
+                for (_, source), image, box, descriptor in zip(stored, images, boxes, described)])])
             renamed.update((old, new) for (old, _), new in zip(stored, new_ids))
         return renamed
 
