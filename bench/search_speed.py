@@ -6,7 +6,7 @@ Builds (once) a catalog of every Fashion-MNIST image (train + test, rendered as 
 photos) and its index, then on SIMULATED shopper photos searched with the full pipeline
 (localization on, default settings):
 
-* ms per query per stage at batch 1 and batch 32 (the search stage is Hamming shortlist +
+* ms per query per stage at batch 1 and batch 32 (the search stage is the code shortlist +
   float re-rank, compared with the CNN passes: detect + embed; one result per item, identical
   items folded and the rest of curation are the separate "curate" stage);
 * recall@10 of binary search + re-rank against exact float cosine over the same vectors.
@@ -51,14 +51,14 @@ def stage_timings(engine: Engine, queries: list[Query], batch: int) -> dict[str,
 
 
 def binary_vs_exact_recall(engine: Engine, queries: list[Query], k: int = 10) -> float:
-    """Share of the exact float top-k images that binary shortlist + re-rank also returns."""
+    """Share of the exact float top-k images that the code shortlist + re-rank also returns."""
     images = [engine.load(q.source) for q in queries]
     boxes = engine.encoder.locate(images)
     descriptors = engine.encoder.describe([crop(image, found[0]) for image, found in zip(images, boxes)])
-    features, codes = engine.codec.encode(descriptors)
+    features, projections = engine.codec.query(descriptors)
     vectors = engine.store.vectors()
     exact = vectors.image_ids[np.argsort(-(features @ vectors.features.astype(np.float32).T), axis=1)[:, :k]]
-    found = engine.index.search(codes, features, engine.settings.shortlist).image_ids[:, :k]
+    found = engine.index.search(projections, features, engine.settings.shortlist).image_ids[:, :k]
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, found)]))
 
 

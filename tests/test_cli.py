@@ -283,7 +283,7 @@ def test_compact_folds_deltas_into_base_segments_and_keeps_answers(fresh_index, 
     assert result.exit_code == 0, result.output
     assert "compacted" in result.stdout and "12 images" in result.stdout  # 11 items, circle-0 has two images
     stats = json.loads(invoke("stats", "--index", fresh_index, "--json").stdout)
-    assert all(seg["delta_images"] == 0 and seg["tombstones"] == 0 and seg["base"] == "flat" for seg in stats["segments"])
+    assert all(seg["delta_images"] == 0 and seg["tombstones"] == 0 and seg["base"] == "codes" for seg in stats["segments"])
     after = json_lines(invoke("search", catalog.image("circle-2"), "--index", fresh_index, "--json").stdout)[0]
     assert [hit["item_id"] for hit in after["results"]] == [hit["item_id"] for hit in before["results"] if hit["item_id"] != "square-3"]
 

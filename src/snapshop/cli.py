@@ -407,7 +407,8 @@ def _human(result: SearchResult) -> str:
     for part in result.explain or []:
         lines.append(f"  searched {part['partition'] or '(no category)'} / shard {part['shard']}: base {part['base'] or '-'} "
                      f"{part['base_images']}, delta {part['delta_images']}, tombstones {part['tombstones']}, "
-                     f"{part['candidates']} candidates, {part['ms']} ms")
+                     f"{part['candidates']} candidates, {part['ms']} ms"
+                     + (f", re-rank {part['rerank_ms']} ms" if "rerank_ms" in part else ""))
     return "\n".join(lines)
 
 

@@ -88,13 +88,14 @@ def test_both_backends_give_the_same_top_10(milvus_engine, engine, catalog):
 def test_index_level_search_matches_faiss(milvus_engine, engine):
     vectors = engine.store.vectors()
     features = vectors.features.astype(np.float32)
-    ours = milvus_engine.index.search(vectors.codes, features, shortlist=20)
-    theirs = engine.index.search(vectors.codes, features, shortlist=20)
+    projections = engine.codec.rotation.project(features)
+    ours = milvus_engine.index.search(projections, features, shortlist=20)
+    theirs = engine.index.search(projections, features, shortlist=20)
     assert (ours.image_ids[:, 0] == vectors.image_ids).all()
     np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-5)
-    only = milvus_engine.index.search(vectors.codes[:3], features[:3], shortlist=20, partitions=["squares"])
+    only = milvus_engine.index.search(projections[:3], features[:3], shortlist=20, partitions=["squares"])
     assert set(only.partitions[only.image_ids >= 0]) == {"squares"}
-    assert milvus_engine.index.search(vectors.codes[:2], features[:2], 5, partitions=["nope"]).image_ids.shape == (2, 0)
+    assert milvus_engine.index.search(projections[:2], features[:2], 5, partitions=["nope"]).image_ids.shape == (2, 0)
 
 
 def test_writes_become_upserts_and_deletes(fresh_index, milvus_settings, catalog, tmp_path):

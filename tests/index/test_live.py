@@ -1,10 +1,11 @@
-"""The live index on synthetic vectors: Hamming shortlist + re-rank, partitions, live writes,
+"""The live index on synthetic vectors: code shortlist + re-rank, partitions, live writes,
 compaction, shards and replicas, memory-mapped loading, other processes' writes."""
 
 from __future__ import annotations
 
 import threading
 
+import faiss
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from snapshop.index.folder import IndexFolder
 from snapshop.index.live import LAYOUT, IndexParams, LiveIndex
 from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
+from snapshop.models.projection import sign_code
 from snapshop.models.pooling import l2_normalize
 
 
@@ -50,10 +52,14 @@ class Synthetic:
         self.store.close()
 
 
+def project(features: np.ndarray, bits: int = 64) -> np.ndarray:
+    """Projections on one fixed set of random hyperplanes (the same for catalog and queries)."""
+    return (features @ np.random.default_rng(100).standard_normal((features.shape[1], bits))).astype(np.float32)
+
+
 def encode(features: np.ndarray, bits: int = 64) -> np.ndarray:
-    """Codes from one fixed set of random hyperplanes (the same for catalog and queries)."""
-    planes = np.random.default_rng(100).standard_normal((features.shape[1], bits))
-    return np.packbits(features @ planes > 0, axis=1)
+    """Codes: the signs of the projections."""
+    return sign_code(project(features, bits))
 
 
 def random_vectors(n: int, bits: int = 64, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +107,7 @@ def test_the_store_hands_out_every_searchable_vector_in_batches(synthetic):
 
 def test_exact_copy_is_found_first_with_cosine_one(synthetic):
     s, ids, _, codes, features = synthetic()
-    found = s.index.search(codes[:20], features[:20], shortlist=10)
+    found = s.index.search(project(features[:20]), features[:20], shortlist=10)
     assert found.image_ids.shape == (20, 10)
     assert list(found.image_ids[:, 0]) == list(ids[:20])
     assert np.allclose(found.scores[:, 0], 1.0, atol=2e-3)  # float16 storage
@@ -110,17 +116,17 @@ def test_exact_copy_is_found_first_with_cosine_one(synthetic):
 
 def test_search_within_partitions(synthetic):
     s, ids, labels, codes, features = synthetic()
-    found = s.index.search(codes[:5], features[:5], shortlist=30, partitions=["b"])
+    found = s.index.search(project(features[:5]), features[:5], shortlist=30, partitions=["b"])
     returned = found.image_ids[found.image_ids >= 0]
     assert len(returned) and set(returned) <= set(ids[np.array(labels) == "b"])
     assert set(found.partitions[found.image_ids >= 0]) == {"b"}
-    unknown = s.index.search(codes[:3], features[:3], shortlist=10, partitions=["nope"])
+    unknown = s.index.search(project(features[:3]), features[:3], shortlist=10, partitions=["nope"])
     assert unknown.image_ids.shape[0] == 3 and (unknown.image_ids == -1).all()
 
 
 def test_short_lists_are_padded(synthetic):
     s, ids, _, codes, features = synthetic(n=6, partitions=("only",))
-    found = s.index.search(codes[:2], features[:2], shortlist=10)
+    found = s.index.search(project(features[:2]), features[:2], shortlist=10)
     assert (found.image_ids[:, :6] >= 0).all() and (found.image_ids[:, 6:] == -1).all()
     assert np.isneginf(found.scores[:, 6:]).all()
 
@@ -128,28 +134,28 @@ def test_short_lists_are_padded(synthetic):
 def test_rerank_order_is_exact_cosine_order_on_the_shortlist(synthetic):
     s, ids, _, codes, features = synthetic(n=400, partitions=("all",))
     queries = l2_normalize(features[:10] + 0.3 * np.random.default_rng(9).standard_normal(features[:10].shape).astype(np.float32))
-    found = s.index.search(codes[:10], queries, shortlist=400)  # shortlist = everything
+    found = s.index.search(project(queries), queries, shortlist=400)  # shortlist = everything
     exact = queries @ features.astype(np.float16).astype(np.float32).T
     for row in range(10):
         assert list(found.image_ids[row][:20]) == list(ids[np.argsort(-exact[row], kind="stable")][:20])
 
 
 @pytest.mark.parametrize("bad", [
-    lambda codes: codes.astype(np.int8),
-    lambda codes: codes.astype(np.float32),
-    lambda codes: np.unpackbits(codes, axis=1),  # one byte per bit: wrong width
-    lambda codes: codes[:, :4],
+    lambda features: encode(features),  # packed codes, not projections
+    lambda features: project(features).astype(np.int64),
+    lambda features: project(features)[:, :32],
+    lambda features: project(features)[0],
 ])
-def test_wrong_codes_are_a_type_error(synthetic, bad):
+def test_anything_but_float_projections_is_a_type_error(synthetic, bad):
     s, _, _, codes, features = synthetic(n=10)
-    with pytest.raises(TypeError, match="uint8"):
-        s.index.search(bad(codes[:2]), features[:2], shortlist=5)
+    with pytest.raises(TypeError, match="projections"):
+        s.index.search(bad(features[:2]), features[:2], shortlist=5)
 
 
 def test_features_of_the_wrong_width_are_refused(synthetic):
     s, _, _, codes, features = synthetic(n=10)
     with pytest.raises(ValueError, match="features"):
-        s.index.search(codes[:2], features[:2, :8], shortlist=5)
+        s.index.search(project(features[:2, :8]), features[:2, :8], shortlist=5)
 
 
 # --- live writes ----------------------------------------------------------------------------------
@@ -159,7 +165,7 @@ def test_adds_are_visible_to_the_next_query(synthetic):
     s, ids, labels, codes, features = synthetic(n=100)
     new_codes, new_features = random_vectors(5, seed=7)
     new_ids = s.write([f"new{i}" for i in range(5)], ["a"] * 5, new_codes, new_features)
-    found = s.index.search(new_codes, new_features, shortlist=5)
+    found = s.index.search(project(new_features), new_features, shortlist=5)
     assert list(found.image_ids[:, 0]) == list(new_ids)
 
 
@@ -170,7 +176,7 @@ def test_removed_images_are_never_returned_from_base_or_delta(synthetic):
     more = s.write([f"more{i}" for i in range(50)], ["a"] * 50, more_codes, more_features)
     s.remove([f"item{i}" for i in range(0, 300, 2)] + [f"more{i}" for i in range(0, 50, 2)])
     gone = set(ids[::2]) | set(more[::2])
-    found = s.index.search(np.concatenate([codes, more_codes]), np.concatenate([features, more_features]), shortlist=400)
+    found = s.index.search(project(np.concatenate([features, more_features])), np.concatenate([features, more_features]), shortlist=400)
     assert not set(found.image_ids.ravel()) & gone
     assert set(found.image_ids[0][found.image_ids[0] >= 0]) == (set(ids) | set(more)) - gone
     assert len(s.index) == 175 and s.index.segment_report()[0]["tombstones"] == 50
@@ -180,7 +186,7 @@ def test_an_upsert_replaces_the_image(synthetic):
     s, ids, labels, codes, features = synthetic(n=50)
     new_codes, new_features = random_vectors(1, seed=11)
     new_id = s.write(["item3"], ["c"], new_codes, new_features)[0]
-    found = s.index.search(codes[3:4], features[3:4], shortlist=60)
+    found = s.index.search(project(features[3:4]), features[3:4], shortlist=60)
     assert ids[3] not in found.image_ids and new_id in found.image_ids
     assert s.index.partitions == {"a": 16, "b": 17, "c": 17}  # item3 moved from a to c
 
@@ -205,72 +211,40 @@ def test_writes_by_another_process_reach_a_reader_that_refreshes(synthetic):
 
 def test_compaction_writes_base_segments_and_keeps_the_answers(synthetic):
     s, ids, labels, codes, features = synthetic(n=300)
-    before = s.index.search(codes[:30], features[:30], shortlist=20)
+    before = s.index.search(project(features[:30]), features[:30], shortlist=20)
     report = s.index.compact()
     assert {r["partition"] for r in report} == {"a", "b", "c"}
-    assert all(seg["base"] == "flat" and seg["delta_images"] == 0 for seg in s.index.segment_report())
-    after = s.index.search(codes[:30], features[:30], shortlist=20)
+    assert all(seg["base"] == "codes" and seg["delta_images"] == 0 for seg in s.index.segment_report())
+    after = s.index.search(project(features[:30]), features[:30], shortlist=20)
     assert (before.image_ids == after.image_ids).all()
     assert (s.folder / LAYOUT).is_file()
     assert s.store.changes_since(0) == []  # every change is in a segment now
 
 
-def test_large_partitions_get_an_ivf_base_that_still_finds_exact_copies(synthetic):
-    s, ids, labels, codes, features = synthetic(n=3000, partitions=("all",), ivf_min=1000, nprobe=8)
-    s.index.compact()
-    assert s.index.segment_report()[0]["base"] == "ivf"
-    found = s.index.search(codes[:200], features[:200], shortlist=20)
-    assert np.mean(found.image_ids[:, 0] == ids[:200]) >= 0.97
-
-
-def clustered_codes(n: int, centres: np.ndarray, seed: int) -> np.ndarray:
-    """Codes near the given centres: each bit flipped with probability 0.05."""
-    rng = np.random.default_rng(seed)
-    flips = np.packbits(rng.random((n, centres.shape[1] * 8)) < 0.05, axis=1)
-    return centres[rng.integers(0, len(centres), n)] ^ flips
-
-
-def test_compaction_retrains_ivf_centroids_only_when_data_drifted(tmp_path):
-    rng = np.random.default_rng(0)
-    old_centres, new_centres = (rng.integers(0, 256, (20, 8), dtype=np.uint8) for _ in range(2))
-    features = random_vectors(4000)[1]
-    s = Synthetic(tmp_path / "idx", ivf_min=1000)
-    s.write([f"o{i}" for i in range(2000)], ["all"] * 2000, clustered_codes(2000, old_centres, 1), features[:2000])
-    s.index.compact()
-    trained = s.index.shards[0][0].states["all"].base.train_distance
-    s.write([f"s{i}" for i in range(300)], ["all"] * 300, clustered_codes(300, old_centres, 2), features[2000:2300])
-    s.index.compact()
-    assert s.index.shards[0][0].states["all"].base.train_distance == trained  # same centroids kept
-    s.write([f"d{i}" for i in range(1500)], ["all"] * 1500, clustered_codes(1500, new_centres, 3), features[2300:3800])
-    s.index.compact()
-    assert s.index.shards[0][0].states["all"].base.train_distance != trained  # retrained
-    s.close()
-
-
 def test_a_reopened_index_memory_maps_its_segments(synthetic):
-    s, ids, labels, codes, features = synthetic(n=3000, partitions=("all",), ivf_min=1000)
+    s, ids, labels, codes, features = synthetic(n=3000, partitions=("all",))
     s.index.compact()
     more_codes, more_features = random_vectors(10, seed=8)
     more = s.write([f"m{i}" for i in range(10)], ["all"] * 10, more_codes, more_features)
     s.remove(["item1"])
-    reopened = s.reopen(ivf_min=1000)
+    reopened = s.reopen()
     state = reopened.shards[0][0].states["all"]
     assert isinstance(state.base.rows.features, np.memmap) and isinstance(state.base.rows.codes, np.memmap)
     assert len(state.delta) == 10 and list(state.tombstones) == [ids[1]]  # replayed from the change log
     assert list(reopened.image_ids()) == list(s.index.image_ids())
-    assert set(more) <= set(reopened.search(more_codes, more_features, shortlist=5).image_ids[:, 0])
+    assert set(more) <= set(reopened.search(project(more_features), more_features, shortlist=5).image_ids[:, 0])
     reopened.close()
 
 
 def test_queries_during_compaction_see_the_old_or_the_new_state_never_a_mix(synthetic):
     s, ids, labels, codes, features = synthetic(n=2000, partitions=("a", "b"))
-    expected = s.index.search(codes[:16], features[:16], shortlist=10).image_ids
+    expected = s.index.search(project(features[:16]), features[:16], shortlist=10).image_ids
     failures: list[str] = []
     stop = threading.Event()
 
     def query() -> None:
         while not stop.is_set():
-            found = s.index.search(codes[:16], features[:16], shortlist=10).image_ids
+            found = s.index.search(project(features[:16]), features[:16], shortlist=10).image_ids
             if not (found == expected).all():
                 failures.append("changed answer")
 
@@ -296,7 +270,7 @@ def test_one_shard_and_four_shards_give_the_same_results(tmp_path):
         s = Synthetic(tmp_path / f"s{shards}", shards=shards)
         s.write([f"item{i}" for i in range(2000)], labels, codes, features)
         s.index.compact()
-        found = s.index.search(codes[:100], features[:100], shortlist=2000)  # exhaustive: exact re-rank
+        found = s.index.search(project(features[:100]), features[:100], shortlist=2000)  # exhaustive: exact re-rank
         answers.append(found.image_ids[:, :10])
         if shards == 4:
             assert len(s.index.shards) == 4 and all(len(r[0].states["a"]) > 200 for r in s.index.shards)
@@ -312,7 +286,7 @@ def test_four_shards_find_what_one_shard_finds_at_the_default_shortlist(tmp_path
     for shards in (1, 4):
         s = Synthetic(tmp_path / f"s{shards}", shards=shards)
         s.write([f"item{i}" for i in range(3000)], ["all"] * 3000, codes, features)
-        found = s.index.search(codes[:100], queries, shortlist=200).image_ids[:, :10]
+        found = s.index.search(project(queries), queries, shortlist=200).image_ids[:, :10]
         recall[shards] = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
         s.close()
     assert recall[4] >= recall[1] > 0.3  # each shard re-ranks its own shortlist: never fewer candidates
@@ -320,7 +294,7 @@ def test_four_shards_find_what_one_shard_finds_at_the_default_shortlist(tmp_path
 
 def test_replicas_answer_in_turn_and_a_failing_one_hands_over(synthetic, monkeypatch):
     s, ids, labels, codes, features = synthetic(n=200, shards=2, replicas=2)
-    expected = s.index.search(codes[:5], features[:5], shortlist=10).image_ids
+    expected = s.index.search(project(features[:5]), features[:5], shortlist=10).image_ids
     asked: list[int] = []
     for shard in s.index.shards:
         for number, replica in enumerate(shard):
@@ -332,7 +306,7 @@ def test_replicas_answer_in_turn_and_a_failing_one_hands_over(synthetic, monkeyp
 
             monkeypatch.setattr(replica, "search", spy)
     for _ in range(4):
-        s.index.search(codes[:5], features[:5], shortlist=10)
+        s.index.search(project(features[:5]), features[:5], shortlist=10)
     assert sorted(asked) == [0] * 4 + [1] * 4  # each shard's two replicas took turns
 
     def broken(*args, **kwargs):
@@ -340,10 +314,10 @@ def test_replicas_answer_in_turn_and_a_failing_one_hands_over(synthetic, monkeyp
 
     monkeypatch.setattr(s.index.shards[0][0], "search", broken)
     for _ in range(3):
-        assert (s.index.search(codes[:5], features[:5], shortlist=10).image_ids == expected).all()
+        assert (s.index.search(project(features[:5]), features[:5], shortlist=10).image_ids == expected).all()
     monkeypatch.setattr(s.index.shards[0][1], "search", broken)
     with pytest.raises(IndexError_, match="every replica failed"):
-        s.index.search(codes[:5], features[:5], shortlist=10)
+        s.index.search(project(features[:5]), features[:5], shortlist=10)
 
 
 def test_changing_the_shard_count_re_shards_on_compaction(synthetic):
@@ -377,11 +351,11 @@ def realistic(tmp_path_factory):
     data = clustered_descriptors(rng, 5200)
     codec = Codec.fit(data[:5000], dim=128, bits=128, source="test")
     features, codes = codec.encode(data[:5000])
-    query_features, query_codes = codec.encode(data[5000:])
+    query_features, query_projections = codec.query(data[5000:])
     s = Synthetic(tmp_path_factory.mktemp("realistic"), bits=128, dim=128)
     ids = s.write([f"item{i}" for i in range(5000)], ["all"] * 5000, codes, features)
     exact = ids[np.argsort(-(query_features @ features.T), axis=1)[:, :10]]
-    yield s.index, query_codes, query_features, exact
+    yield s.index, query_projections, query_features, exact, (ids, codes)
     s.close()
 
 
@@ -389,16 +363,34 @@ def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f[:10]) & set(e)) / 10 for f, e in zip(found, exact)]))
 
 
-def test_binary_shortlist_plus_rerank_recalls_exact_float_search(realistic):
-    index, query_codes, query_features, exact = realistic
-    assert recall_at_10(index.search(query_codes, query_features, shortlist=200).image_ids, exact) >= 0.95  # 0.99 in real runs
+def test_code_shortlist_plus_rerank_recalls_exact_float_search(realistic):
+    index, projections, query_features, exact, _ = realistic
+    assert recall_at_10(index.search(projections, query_features, shortlist=200).image_ids, exact) >= 0.95  # 0.99 in real runs
 
 
 def test_rerank_is_what_brings_recall_up(realistic):
-    index, query_codes, query_features, exact = realistic
-    hamming_only = recall_at_10(index.search(query_codes, query_features, shortlist=10).image_ids, exact)
-    reranked = recall_at_10(index.search(query_codes, query_features, shortlist=200).image_ids, exact)
-    assert hamming_only < 0.8 and reranked > hamming_only + 0.15
+    index, projections, query_features, exact, _ = realistic
+    codes_only = recall_at_10(index.search(projections, query_features, shortlist=10).image_ids, exact)
+    reranked = recall_at_10(index.search(projections, query_features, shortlist=200).image_ids, exact)
+    assert codes_only < 0.8 and reranked > codes_only + 0.15
+
+
+def test_the_asymmetric_shortlist_holds_more_true_neighbours_than_hamming_distance(realistic):
+    """Scoring the query's float projection against the codes loses less than comparing two codes."""
+    index, projections, query_features, exact, (ids, codes) = realistic
+    hamming = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    hamming.add(codes)
+    by_hamming = ids[hamming.search(sign_code(projections), 50)[1]]
+    ours = index.search(projections, query_features, shortlist=50).image_ids
+    assert recall_at_10(ours, exact) > recall_at_10(_reranked(by_hamming, ids, query_features, index), exact) + 0.05
+
+
+def _reranked(candidates: np.ndarray, ids: np.ndarray, query_features: np.ndarray, index: LiveIndex) -> np.ndarray:
+    """Candidates in float cosine order (the same re-rank as the index's)."""
+    stored = index.shards[0][0].states["all"].delta.rows
+    features = stored.features[stored.rows_of(candidates)].astype(np.float32)
+    order = np.argsort(-np.einsum("qrd,qd->qr", features, query_features), axis=1)
+    return np.take_along_axis(candidates, order, 1)
 
 
 def test_index_folder_lock_is_exclusive(tmp_path):

@@ -33,9 +33,11 @@ class IndexBackend(Protocol):
     def partitions(self) -> dict[str, int]:
         """Searchable image count per partition (category), empty ones left out."""
 
-    def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int,
+    def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None = None) -> Candidates:
-        """The best `shortlist` images per query (Hamming shortlist, float re-rank), best first."""
+        """The best `shortlist` images per query, best first: a shortlist by the codes (for the
+        queries' float `projections` on the code's axes, whose signs are their codes), re-ranked
+        by float cosine with `features`."""
 
     def refresh(self) -> bool:
         """Catch up with the change log; True when the codec was refit (the caller reloads)."""

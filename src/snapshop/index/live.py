@@ -4,8 +4,8 @@
 snapshop-index/
   segments.json          which base segment each (partition, shard) has, and the change-log
                          position (seq) it holds; replaced atomically after fsync
-  segments/<name>.*.npy  ids, codes, float16 features of a base segment (memory-mapped)
-  segments/<name>.faiss  its IndexBinaryIVF when large (read with IO_FLAG_MMAP)
+  segments/<name>.*.npy        ids, codes, float16 features of a base segment (memory-mapped)
+  segments/<name>.signs.faiss  its code index (faiss fast-scan over the sign codes)
 ```
 
 SQLite (`index.store`) is the source of truth; segment files are a derived, durable
@@ -16,8 +16,9 @@ so writes by this or another process are visible to the next query without a reb
 sees the whole old state or the whole new one, because each query reads one immutable view.
 
 Items are placed on shards by a hash of `item_id`. A query fans out to every shard; each
-shard answers from one of its replicas in turn (another one when it fails) with its best
-re-ranked candidates, and the merger keeps the global best.
+shard answers from one of its replicas in turn (another one when it fails): it merges its
+partitions' code shortlists into its best `shortlist` candidates, re-ranks those by float
+cosine, and the merger keeps the global best.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,7 +41,7 @@ import faiss
 import numpy as np
 
 from snapshop.errors import IndexError_
-from snapshop.index.partition import PartitionHits, PartitionState
+from snapshop.index.partition import PartitionState
 from snapshop.index.segments import BaseSegment, Rows
 from snapshop.index.store import Change, MetadataStore, StoredVectors
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
+SHARE_MARGIN, SHARE_EXTRA = 1.5, 16  # a partition's first ask: its share of the shortlist x margin + extra
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,7 @@ class IndexParams:
     dim: int
     shards: int = 1
     replicas: int = 1
-    nprobe: int = 16
-    ivf_min: int = 20_000
+    nprobe: int = 16  # inverted lists a Milvus search visits (the faiss backend scans every code)
     compact_delta: int = 10_000
     compact_tombstones: int = 10_000
 
@@ -82,7 +84,6 @@ class SegmentEntry:
     partition: str
     shard: int
     seq: int
-    train_distance: float = 0.0
 
 
 @dataclass
@@ -98,7 +99,9 @@ class Layout:
     def read(cls, path: Path) -> "Layout | None":
         try:
             data = json.loads(path.read_text())
-            return cls(data["codec"], data["shards"], data["generation"], [SegmentEntry(**s) for s in data["segments"]])
+            known = set(SegmentEntry.__dataclass_fields__)
+            return cls(data["codec"], data["shards"], data["generation"],
+                       [SegmentEntry(**{k: v for k, v in s.items() if k in known}) for s in data["segments"]])
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
@@ -120,6 +123,16 @@ class Layout:
             os.close(folder)
 
 
+@dataclass(frozen=True)
+class ShardHits:
+    """One shard's answer: per query, re-ranked image ids best first, their cosines and partitions."""
+
+    image_ids: np.ndarray
+    scores: np.ndarray
+    partitions: np.ndarray
+    explain: list[dict]
+
+
 class ShardReplica:
     """One copy of one shard: its partitions' states (an immutable mapping, replaced on write)."""
 
@@ -127,10 +140,60 @@ class ShardReplica:
         self.shard = shard
         self.states = states
 
-    def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int, nprobe: int,
-               partitions: Sequence[str] | None) -> list[PartitionHits]:
-        names = self.states if partitions is None else [p for p in partitions if p in self.states]
-        return [self.states[name].search(codes, features, shortlist, nprobe) for name in names]
+    def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
+               partitions: Sequence[str] | None) -> ShardHits:
+        """The partitions' code shortlists merged into the shard's best `shortlist`, re-ranked."""
+        names = list(self.states) if partitions is None else [p for p in partitions if p in self.states]
+        if not names:
+            empty = np.full((len(projections), 0), -1, np.int64)
+            return ShardHits(empty, empty.astype(np.float32), empty.astype(object), [])
+        start = time.perf_counter()
+        lists, ids, scores, rows, owner = self._merged_shortlist(names, projections, shortlist)
+        shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
+        start = time.perf_counter()
+        cosines = np.full(ids.shape, -np.inf, np.float32)
+        for number, name in enumerate(names):
+            mine = owner == number
+            if mine.any():
+                cosines = np.where(mine, self.states[name].cosines(np.where(mine, rows, -1), features), cosines)
+        order = np.argsort(-cosines, axis=1, kind="stable")
+        ids = np.where(np.isfinite(cosines), ids, -1)
+        rerank_ms = round((time.perf_counter() - start) * 1000, 3)
+        explain = [{**self._explain(self.states[name]), "fetched": lists[name].image_ids.shape[1],
+                    "candidates": int(((ids >= 0) & (owner == number)).sum() / max(len(ids), 1)),
+                    "ms": shortlist_ms, "rerank_ms": rerank_ms} for number, name in enumerate(names)]
+        return ShardHits(np.take_along_axis(ids, order, 1), np.take_along_axis(cosines, order, 1),
+                         np.asarray(names, object)[np.take_along_axis(owner, order, 1)], explain)
+
+    def _merged_shortlist(self, names: list[str], projections: np.ndarray, shortlist: int):
+        """The best `shortlist` codes over the partitions (code scores compare across them).
+
+        Each partition is first asked for its share of the shortlist (by size, with a margin),
+        not the whole of it: a per-partition heap of R costs more than the scan at R in the
+        thousands. A partition whose last fetched score could still beat the merged R-th best
+        is asked again for twice as many, so the merge is the exact top R all the same."""
+        sizes = np.array([max(len(self.states[name]), 1) for name in names], np.float64)
+        wanted = {name: min(shortlist, int(np.ceil(shortlist * size / sizes.sum() * SHARE_MARGIN)) + SHARE_EXTRA)
+                  for name, size in zip(names, sizes)}
+        lists = {name: self.states[name].shortlist(projections, wanted[name]) for name in names}
+        while True:
+            ids, scores, rows, owner = (np.concatenate(part, axis=1) for part in zip(*(
+                (found.image_ids, found.scores, found.rows, np.full(found.rows.shape, number, np.int32))
+                for number, found in enumerate(lists[name] for name in names))))
+            kept = np.argsort(-scores, axis=1, kind="stable")[:, :shortlist]
+            ids, scores, rows, owner = (np.take_along_axis(a, kept, 1) for a in (ids, scores, rows, owner))
+            cut = scores[:, -1] if scores.shape[1] == shortlist else np.full(len(scores), -np.inf, np.float32)
+            short = [name for name in names if (lists[name].bound > cut).any()]
+            if not short:
+                return lists, ids, scores, rows, owner
+            for name in short:
+                wanted[name] *= 2
+                lists[name] = self.states[name].shortlist(projections, wanted[name])
+
+    def _explain(self, state: PartitionState) -> dict:
+        return {"partition": state.partition, "shard": self.shard, "base": "codes" if state.base else None,
+                "base_images": len(state.base) if state.base else 0, "delta_images": len(state.delta),
+                "tombstones": len(state.tombstones)}
 
 
 class LiveIndex:
@@ -182,8 +245,7 @@ class LiveIndex:
             for _ in range(self.params.replicas):
                 states: dict[tuple[str, int], PartitionState] = {}
                 for entry in layout.segments:
-                    base = BaseSegment.load(self.folder / SEGMENTS, entry.name, bits=self.params.bits,
-                                            train_distance=entry.train_distance)
+                    base = BaseSegment.load(self.folder / SEGMENTS, entry.name)
                     empty = self._empty(entry.partition, entry.shard, entry.seq)
                     states[(entry.partition, entry.shard)] = PartitionState(
                         entry.partition, entry.shard, base, empty.delta, empty.tombstones, entry.seq)
@@ -192,7 +254,7 @@ class LiveIndex:
             uncovered = self._rows_without_segment(covered, seq)
             for states in replicas:
                 for key, rows in uncovered.items():
-                    states[key] = self._empty(*key, seq).apply(rows, np.zeros(0, np.int64), self.params.bits)
+                    states[key] = self._empty(*key, seq).apply(rows, np.zeros(0, np.int64))
             lowest = min([e.seq for e in layout.segments], default=seq)
             self._publish(replicas, seq=lowest)
             self._replay(self.store.changes_since(lowest), upto=seq)
@@ -257,7 +319,7 @@ class LiveIndex:
             state = new_states.get(key) or self._empty(*key, 0)
             rows = Rows(added.image_ids[adds], added.codes[adds], added.features[adds]) if adds else \
                 Rows.empty(self.params.bits, self.params.dim)
-            new_states[key] = state.apply(rows, np.array(removes, np.int64), self.params.bits)
+            new_states[key] = state.apply(rows, np.array(removes, np.int64))
         return new_states
 
     def _empty(self, partition: str, shard: int, seq: int) -> PartitionState:
@@ -303,51 +365,52 @@ class LiveIndex:
     def segment_report(self) -> list[dict]:
         """Per (partition, shard): base kind and size, delta size, tombstones."""
         return [
-            {"partition": name, "shard": replicas[0].shard, "base": state.base.kind if state.base else None,
+            {"partition": name, "shard": replicas[0].shard, "base": "codes" if state.base else None,
              "base_images": len(state.base) if state.base else 0, "delta_images": len(state.delta),
              "tombstones": len(state.tombstones)}
             for replicas in self.shards for name, state in sorted(replicas[0].states.items())
         ]
 
-    def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int,
+    def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None = None) -> Candidates:
-        """Every shard's best `shortlist` re-ranked candidates, merged; best first."""
-        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.params.bits // 8:
-            raise TypeError(f"codes must be uint8 of shape (N, {self.params.bits // 8}), got {codes.dtype} {codes.shape}")
-        if features.shape != (len(codes), self.params.dim):
-            raise ValueError(f"features must be of shape ({len(codes)}, {self.params.dim}), got {features.shape}")
-        codes = np.ascontiguousarray(codes)
+        """Every shard's best `shortlist` re-ranked candidates, merged; best first.
+
+        `projections` are the queries' float projections on the code's axes (N x bits: their
+        signs are the queries' codes), `features` their float embeddings (N x dim)."""
+        projections = np.asarray(projections)
+        if projections.dtype.kind != "f" or projections.ndim != 2 or projections.shape[1] != self.params.bits:
+            raise TypeError(f"projections must be float of shape (N, {self.params.bits}), "
+                            f"got {projections.dtype} {projections.shape}")
+        if features.shape != (len(projections), self.params.dim):
+            raise ValueError(f"features must be of shape ({len(projections)}, {self.params.dim}), got {features.shape}")
+        projections = np.ascontiguousarray(projections, np.float32)
         features = np.ascontiguousarray(features, np.float32)
         shards = self.shards  # one view for the whole query
         if self._pool is not None:
-            answers = list(self._pool.map(lambda s: self._ask_shard(s, codes, features, shortlist, partitions), shards))
+            answers = list(self._pool.map(lambda s: self._ask_shard(s, projections, features, shortlist, partitions), shards))
         else:
-            answers = [self._ask_shard(s, codes, features, shortlist, partitions) for s in shards]
-        hits = [h for answer in answers for h in answer]
-        if not hits:
-            empty = np.full((len(codes), 0), -1, np.int64)
+            answers = [self._ask_shard(s, projections, features, shortlist, partitions) for s in shards]
+        if not answers:
+            empty = np.full((len(projections), 0), -1, np.int64)
             return Candidates(empty, empty.astype(np.float32), empty.astype(object))
-        ids = np.concatenate([h.image_ids for h in hits], axis=1)
-        scores = np.concatenate([h.scores for h in hits], axis=1)
-        names = np.concatenate([np.full(h.image_ids.shape, h.explain["partition"], object) for h in hits], axis=1)
+        ids, scores, names = (np.concatenate([getattr(a, part) for a in answers], axis=1)
+                              for part in ("image_ids", "scores", "partitions"))
         order = np.argsort(-scores, axis=1, kind="stable")[:, :shortlist]
         return Candidates(np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1),
-                          np.take_along_axis(names, order, 1), [h.explain for h in hits])
+                          np.take_along_axis(names, order, 1), [entry for a in answers for entry in a.explain])
 
-    def _ask_shard(self, replicas: list[ShardReplica], codes: np.ndarray, features: np.ndarray, shortlist: int,
-                   partitions: Sequence[str] | None) -> list[PartitionHits]:
+    def _ask_shard(self, replicas: list[ShardReplica], projections: np.ndarray, features: np.ndarray, shortlist: int,
+                   partitions: Sequence[str] | None) -> ShardHits:
         """The shard's answer from its replicas in turn; a failing replica hands over to the next."""
         first = next(self._turn[replicas[0].shard]) % len(replicas)
         failures = []
         for replica in replicas[first:] + replicas[:first]:
             try:
                 with _one_faiss_thread():
-                    hits = replica.search(codes, features, shortlist, self.params.nprobe, partitions)
+                    return replica.search(projections, features, shortlist, partitions)
             except Exception as exc:  # noqa: BLE001 - any replica fault is survivable while another answers
                 log.warning("shard %d: a replica failed (%s); asking another", replica.shard, exc)
                 failures.append(exc)
-                continue
-            return [_top(h, shortlist) for h in hits]
         raise IndexError_(f"shard {replicas[0].shard}: every replica failed ({failures[-1]})")
 
     # --- compaction -----------------------------------------------------------------------------
@@ -382,9 +445,8 @@ class LiveIndex:
             if len(rows):
                 layout.generation += 1
                 name = f"p{hashlib.sha1(key[0].encode()).hexdigest()[:10]}-s{key[1]}-g{layout.generation}"
-                segment = BaseSegment.build(self.folder / SEGMENTS, name, rows, bits=self.params.bits,
-                                            ivf_min=self.params.ivf_min, previous=states[key].base)
-                entries[key] = SegmentEntry(name, key[0], key[1], seq, segment.train_distance)
+                BaseSegment.build(self.folder / SEGMENTS, name, rows)
+                entries[key] = SegmentEntry(name, key[0], key[1], seq)
             report.append({"partition": key[0], "shard": key[1], "images": len(rows),
                            "base": entries[key].name if key in entries else None})
         layout.segments = sorted(entries.values(), key=lambda e: (e.partition, e.shard))
@@ -417,10 +479,6 @@ def _one_faiss_thread() -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def _top(hits: PartitionHits, shortlist: int) -> PartitionHits:
-    return PartitionHits(hits.image_ids[:, :shortlist], hits.scores[:, :shortlist], hits.explain)
 
 
 def _group(vectors: StoredVectors, keys: list[tuple[str, int]]) -> dict[tuple[str, int], Rows]:

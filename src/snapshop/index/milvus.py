@@ -47,6 +47,7 @@ import numpy as np
 from snapshop.errors import BackendError
 from snapshop.index.live import Candidates, IndexParams, file_stamp
 from snapshop.index.store import Change, MetadataStore
+from snapshop.models.projection import sign_code
 from snapshop.settings import Settings
 
 try:
@@ -269,16 +270,21 @@ class MilvusIndex:
         """Searchable image count per category, from the store at the log position pushed."""
         return dict(self._partitions)
 
-    def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int,
+    def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None = None) -> Candidates:
-        """The Hamming shortlist from Milvus, re-ranked by float cosine; best `shortlist` first.
+        """The Hamming shortlist of the queries' codes (the signs of `projections`) from Milvus,
+        re-ranked by float cosine; best `shortlist` first.
 
-        Milvus is asked once for `shortlist` candidates per partition searched (the faiss
-        backend takes `shortlist` from each partition), at most 16384."""
-        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.params.bits // 8:
-            raise TypeError(f"codes must be uint8 of shape (N, {self.params.bits // 8}), got {codes.dtype} {codes.shape}")
-        if features.shape != (len(codes), self.params.dim):
-            raise ValueError(f"features must be of shape ({len(codes)}, {self.params.dim}), got {features.shape}")
+        Milvus is asked once for `shortlist` candidates per partition searched, at most 16384:
+        its binary vectors are compared by Hamming distance only, which ranks worse than the
+        faiss backend's asymmetric scores (docs/benchmarks.md)."""
+        projections = np.asarray(projections)
+        if projections.dtype.kind != "f" or projections.ndim != 2 or projections.shape[1] != self.params.bits:
+            raise TypeError(f"projections must be float of shape (N, {self.params.bits}), "
+                            f"got {projections.dtype} {projections.shape}")
+        if features.shape != (len(projections), self.params.dim):
+            raise ValueError(f"features must be of shape ({len(projections)}, {self.params.dim}), got {features.shape}")
+        codes = sign_code(projections)
         names = list(self._partitions) if partitions is None else [p for p in partitions if p in self._partitions]
         if not names or not len(codes):
             empty = np.full((len(codes), 0), -1, np.int64)

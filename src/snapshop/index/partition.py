@@ -1,14 +1,15 @@
 """One category partition of one shard: base segment + delta segment + tombstones.
 
-Search takes the Hamming shortlist of R codes from the base (tombstoned ids skipped,
-they are filtered here at search time) and R from the delta, and re-ranks them by float
-cosine on the float16 features.
+A partition answers a query in two steps that its shard interleaves with the others': the
+shortlist (the best codes of base and delta for the query's projection, tombstoned images
+skipped: they are filtered here at search time) and the re-rank of whichever of those
+candidates the shard keeps, by float cosine on their float16 features.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -16,12 +17,15 @@ from snapshop.index.segments import BaseSegment, DeltaSegment, Rows
 
 
 @dataclass(frozen=True)
-class PartitionHits:
-    """Per query: image ids best first and their cosine scores (-1 / -inf pad)."""
+class Shortlist:
+    """Per query, candidates of one partition best first: image ids, code scores and rows
+    (base rows first, then the delta's), -1 / -inf padded; `bound` is the highest score a
+    code not fetched may have (-inf when every code was fetched)."""
 
     image_ids: np.ndarray
     scores: np.ndarray
-    explain: dict = field(default_factory=dict)
+    rows: np.ndarray
+    bound: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -44,56 +48,70 @@ class PartitionState:
         return cls(partition, shard, None, DeltaSegment.empty(bits, dim), np.zeros(0, np.int64), seq)
 
     def __len__(self) -> int:
-        return (len(self.base) if self.base else 0) - len(self.tombstones) + len(self.delta)
+        return self._base_size - len(self.tombstones) + len(self.delta)
+
+    @property
+    def _base_size(self) -> int:
+        return len(self.base) if self.base else 0
+
+    @cached_property
+    def _dead(self) -> np.ndarray:
+        """Per base row, whether it is tombstoned."""
+        dead = np.zeros(self._base_size, bool)
+        if len(self.tombstones):
+            dead[self.base.rows.rows_of(self.tombstones)] = True
+        return dead
 
     def live_rows(self) -> Rows:
         """Every searchable row (base minus tombstones, plus delta), sorted by id."""
         if self.base is None:
             return self.delta.rows
         base = self.base.rows
-        keep = ~np.isin(base.ids, self.tombstones)
+        keep = ~self._dead
         kept = Rows(np.asarray(base.ids[keep]), np.asarray(base.codes[keep]), np.asarray(base.features[keep]))
         return kept.concat(self.delta.rows)
 
-    def apply(self, added: Rows, removed: np.ndarray, bits: int) -> "PartitionState":
+    def apply(self, added: Rows, removed: np.ndarray) -> "PartitionState":
         """A new state with rows added and ids removed (base ids become tombstones)."""
         removed = np.asarray(removed, np.int64)
         in_base = (self.base.rows.rows_of(removed) >= 0) if self.base is not None and len(removed) else np.zeros(len(removed), bool)
         tombstones = np.union1d(self.tombstones, removed[in_base]) if in_base.any() else self.tombstones
-        delta = self.delta.with_rows(added, removed[~in_base], bits) if len(added) or (~in_base).any() else self.delta
+        delta = self.delta.with_rows(added, removed[~in_base]) if len(added) or (~in_base).any() else self.delta
         return replace(self, delta=delta, tombstones=tombstones)
 
-    def search(self, codes: np.ndarray, features: np.ndarray, shortlist: int, nprobe: int) -> PartitionHits:
-        start = time.perf_counter()
-        parts = [(self.base.rows if self.base else None, self._base_shortlist(codes, shortlist, nprobe)),
-                 (self.delta.rows, self.delta.search(codes, shortlist))]
-        ids = np.concatenate([found for _, found in parts], axis=1)
-        scores = np.concatenate([_rerank(rows, found, features) for rows, found in parts], axis=1)
-        ids = np.where(np.isfinite(scores), ids, -1)
-        order = np.argsort(-scores, axis=1, kind="stable")
-        explain = {"partition": self.partition, "shard": self.shard, "base": self.base.kind if self.base else None,
-                   "base_images": len(self.base) if self.base else 0, "delta_images": len(self.delta),
-                   "tombstones": len(self.tombstones), "candidates": int((ids >= 0).sum() / max(len(ids), 1)),
-                   "ms": round((time.perf_counter() - start) * 1000, 3)}
-        return PartitionHits(np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1), explain)
+    def shortlist(self, projections: np.ndarray, count: int) -> Shortlist:
+        """The `count` best codes of base and delta per query that are not tombstoned."""
+        parts = [self.delta.search(projections, count)]
+        if self.base is not None:
+            ids, scores, rows = self.base.search(projections, count)
+            alive = (rows >= 0) & ~self._dead[np.maximum(rows, 0)]
+            parts.insert(0, (np.where(alive, ids, -1), np.where(alive, scores, -np.inf), np.where(alive, rows, -1)))
+            bound = _bound(scores, count, self._base_size)
+        else:
+            bound = np.full(len(projections), -np.inf, np.float32)
+        delta_ids, delta_scores, delta_rows = parts[-1]
+        parts[-1] = (delta_ids, delta_scores, np.where(delta_rows >= 0, delta_rows + self._base_size, -1))
+        bound = np.maximum(bound, _bound(delta_scores, count, len(self.delta)))
+        ids, scores, rows = (np.concatenate([part[i] for part in parts], axis=1) for i in range(3))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+        return Shortlist(*(np.take_along_axis(a, order, 1) for a in (ids, scores, rows)), bound)
 
-    def _base_shortlist(self, codes: np.ndarray, shortlist: int, nprobe: int) -> np.ndarray:
-        """The base's R nearest codes that are not tombstoned (over-fetched by the tombstone count)."""
-        if self.base is None:
-            return np.full((len(codes), 0), -1, np.int64)
-        ids = self.base.search(codes, shortlist + len(self.tombstones), nprobe)
-        if len(self.tombstones):
-            alive = (ids >= 0) & ~np.isin(ids, self.tombstones)
-            alive &= np.cumsum(alive, axis=1) <= shortlist
-            ids = np.where(alive, ids, -1)
-        return ids
+    def cosines(self, rows: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Cosine of each query (row of `features`) with the float16 features of its candidate
+        rows (as `shortlist` numbers them); -inf where a row is -1."""
+        scores = np.full(rows.shape, -np.inf, np.float32)
+        for segment_rows, first, stop in ((self.base.rows if self.base else None, 0, self._base_size),
+                                          (self.delta.rows, self._base_size, self._base_size + len(self.delta))):
+            mine = (rows >= first) & (rows < stop)
+            if mine.any():
+                queries, _ = np.nonzero(mine)
+                stored = np.asarray(segment_rows.features[rows[mine] - first], np.float32)
+                scores[mine] = np.einsum("nd,nd->n", stored, features[queries])
+        return scores
 
 
-def _rerank(rows: Rows | None, ids: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Cosine of each query with each candidate's float16 feature; -inf where there is none."""
-    if rows is None or ids.shape[1] == 0:
-        return np.full(ids.shape, -np.inf, np.float32)
-    found = rows.rows_of(np.maximum(ids, 0))
-    valid = (ids >= 0) & (found >= 0)
-    scores = np.einsum("qrd,qd->qr", rows.features[np.maximum(found, 0)].astype(np.float32), features)
-    return np.where(valid, scores, -np.inf)
+def _bound(scores: np.ndarray, count: int, size: int) -> np.ndarray:
+    """The score a code beyond the `count` fetched of `size` may reach: the last fetched one's."""
+    if count >= size or scores.shape[1] == 0:
+        return np.full(len(scores), -np.inf, np.float32)
+    return scores[:, -1]

@@ -154,8 +154,14 @@ class Codec:
         return cls(projection, ITQ(bits).fit(projection.transform(descriptors)), source)
 
     def encode(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(float features, packed codes): what the index stores of catalog images."""
         features = self.projection.transform(descriptors)
         return features, self.rotation.transform(features)
+
+    def query(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(float features, projections on the code's axes): what a query searches the index with."""
+        features = self.projection.transform(descriptors)
+        return features, self.rotation.project(features)
 
     def to_blob(self) -> bytes:
         return save_arrays(mean=self.projection.mean_, components=self.projection.components_,

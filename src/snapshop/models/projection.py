@@ -97,10 +97,18 @@ class ITQ:
         self.rotation_ = rotation.astype(np.float32)
         return self
 
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """The rotated vectors, N x bits float32: a query searches with these, their signs are codes."""
+        return np.asarray(vectors, np.float32)[:, : self.bits] @ self.rotation_
+
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Packed binary codes, N x bits/8 uint8."""
-        rotated = np.asarray(vectors, np.float32)[:, : self.bits] @ self.rotation_
-        return np.packbits(rotated > 0, axis=1)
+        return sign_code(self.project(vectors))
+
+
+def sign_code(projections: np.ndarray) -> np.ndarray:
+    """The packed binary code of projections (bit set where positive; first bit in a byte's high bit)."""
+    return np.packbits(np.asarray(projections) > 0, axis=1)
 
 
 def save_arrays(**arrays: np.ndarray) -> bytes:

@@ -58,7 +58,7 @@ MIN_IMAGES_PER_CATEGORY = 3
 MAX_VIEWS = 3000  # catalog images given synthetic views
 VIEWS_PER_IMAGE = 2  # measured: 1 -> 2 views per image lifts the classifier on simulated shopper photos
 MIN_VIEWS = 20
-KNN_SHORTLIST_PER_VOTE = 10  # Hamming candidates per kNN vote re-ranked for the category vote
+KNN_SHORTLIST_PER_VOTE = 40  # code-shortlist candidates per kNN vote, re-ranked for the category vote
 SAME_IMAGE_COSINE = 0.99  # two images of one item this close are stored once
 DUPLICATE_NEIGHBOURS = 3  # nearest images of each new image checked for being identical items
 CURATION_POOL = 5  # candidate items curated per result asked for
@@ -489,8 +489,8 @@ class Engine:
         for start in tqdm(range(0, len(image_ids), INGEST_CHUNK), desc="identical items", unit="batch",
                           disable=not progress):
             rows = slice(start, start + INGEST_CHUNK)
-            found = self.index.search(vectors.codes[rows], vectors.features[rows].astype(np.float32),
-                                      DUPLICATE_NEIGHBOURS + 1)
+            features = vectors.features[rows].astype(np.float32)
+            found = self.index.search(self.codec.rotation.project(features), features, self.settings.shortlist)
             info = self.store.image_info(np.unique(np.concatenate([found.image_ids.ravel(), vectors.image_ids[rows]])))
             for image_id, neighbours, scores in zip(vectors.image_ids[rows], found.image_ids, found.scores):
                 mine = info.get(int(image_id))
@@ -524,7 +524,7 @@ class Engine:
         codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
         settings = self.settings
         params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
-                             replicas=settings.replicas, nprobe=settings.nprobe, ivf_min=settings.ivf_min_images,
+                             replicas=settings.replicas, nprobe=settings.nprobe,
                              compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
         # queries on the old backend finish there
         self.index = open_backend(self.folder.path, self.store, params, codec_id, settings)
@@ -646,11 +646,11 @@ class Engine:
                 results[p].boxes = [given[p]] if p in given else found[p]
         with timer("embed"):
             descriptors = self.encoder.describe_regions([crop(images[p], results[p].boxes[0]) for p in ok])
-            features, codes = self.codec.encode(descriptors.pooled)
+            features, projections = self.codec.query(descriptors.pooled)
         with timer("category"):
-            partitions = self._choose_partitions(results, ok, descriptors, features, codes, category)
+            partitions = self._choose_partitions(results, ok, descriptors, features, projections, category)
         with timer("search"):
-            candidates = self._search_partitions(results, ok, features, codes, partitions, k, explain)
+            candidates = self._search_partitions(results, ok, features, projections, partitions, k, explain)
         with timer("curate"):
             for p in ok:
                 options = self._curation(colour, images[p], results[p].boxes[0])
@@ -663,7 +663,7 @@ class Engine:
         return results
 
     def _choose_partitions(self, results: list[SearchResult], ok: list[int], descriptors: Descriptions,
-                           features: np.ndarray, codes: np.ndarray, forced: str | None) -> list[list[str] | None]:
+                           features: np.ndarray, projections: np.ndarray, forced: str | None) -> list[list[str] | None]:
         """Per query, the categories to search (None = all), filling in the category prediction."""
         model = self.category_model
         if forced is not None:
@@ -672,7 +672,8 @@ class Engine:
             return [[forced]] * len(ok)
         if model is None or len(model.classes) == 0:
             return [None] * len(ok)
-        knn = self.index.search(codes, features, min(self.settings.shortlist, KNN_SHORTLIST_PER_VOTE * self.settings.category_knn))
+        knn = self.index.search(projections, features,
+                                min(self.settings.shortlist, KNN_SHORTLIST_PER_VOTE * self.settings.category_knn))
         top = knn.image_ids[:, : self.settings.category_knn]
         class_of = {name: i for i, name in enumerate(model.classes)}
         labels = np.vectorize(lambda name: class_of.get(name, -1), otypes=[np.int64])(
@@ -692,7 +693,7 @@ class Engine:
             chosen.append(names)
         return chosen
 
-    def _search_partitions(self, results: list[SearchResult], ok: list[int], features: np.ndarray, codes: np.ndarray,
+    def _search_partitions(self, results: list[SearchResult], ok: list[int], features: np.ndarray, projections: np.ndarray,
                            partitions: list[list[str] | None], k: int,
                            explain: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Re-ranked candidates (image ids, cosines) of each query, by position in the batch."""
@@ -702,7 +703,7 @@ class Engine:
             groups[tuple(names) if names is not None else None].append(row)
         shortlist = max(self.settings.shortlist, 4 * CURATION_POOL * k)
         for names, rows in groups.items():
-            candidates = self.index.search(codes[rows], features[rows], shortlist, list(names) if names else None)
+            candidates = self.index.search(projections[rows], features[rows], shortlist, list(names) if names else None)
             for row, ids, scores in zip(rows, candidates.image_ids, candidates.scores):
                 found[ok[row]] = (ids, scores)
                 results[ok[row]].searched_categories = list(names) if names else self.categories

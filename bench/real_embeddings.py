@@ -1,0 +1,150 @@
+"""The pipeline's embeddings of all 70,000 Fashion-MNIST images and of SIMULATED shopper photos.
+
+    .venv/bin/python bench/real_embeddings.py [--out bench/out/fm70k-vectors] [--queries 500]
+
+What the index benchmarks (`bench/index_scale.py`) search. Made once, then reused:
+
+* an Engine indexes a 3,000-item Fashion-MNIST catalog (test split) with default settings:
+  that fits the objectness model, the learned whitening (on synthetic views) and the ITQ
+  rotation exactly as `snapshop add` does (catalog side without localization, as in
+  `bench/search_speed.py`);
+* every Fashion-MNIST image (60,000 train + 10,000 test), rendered as a catalog photo in
+  memory, is described by that engine's CNN and encoded by its codec: float features and
+  256-bit codes, with its category;
+* SIMULATED shopper photos of test-split items are localized, described and encoded by the
+  same engine, as a search would;
+* with `--augmented N`: N AUGMENTED catalog images, each a Fashion-MNIST image (all 70,000 in
+  turn) rendered as another product of the same model: another colour of the palette,
+  mirrored or not, rotated up to 8 degrees, scaled 0.75-1.0 and shifted, on the white
+  backdrop; described and encoded like the catalog (real CNN embeddings of images that
+  exist nowhere else, for scaling the catalog past 70,000).
+
+Written to OUT/vectors.npz (features, codes, categories, item ids), OUT/queries.npz and
+OUT/augmented.npz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from snapshop.catalog.manifest import read_catalog
+from snapshop.datasets import build_fashion_catalog, build_shopper_queries
+from snapshop.datasets.fashion import (FASHION_CATEGORIES, PALETTE, catalog_photo, item_id, item_style,
+                                       load_fashion_mnist)
+from snapshop.models.encoder import crop
+from snapshop.search.engine import Engine
+from snapshop.settings import load_settings
+
+FIT_ITEMS = 3000
+BATCH = 64
+
+
+def fitted_engine(out: Path) -> Engine:
+    """An engine whose models were fitted on a FIT_ITEMS-item catalog (built once)."""
+    index = out / "index"
+    if not (index / "manifest.json").is_file():
+        settings = load_settings({"index": str(index), "localize": False, "duplicate_candidate": 0.97})
+        engine = Engine.open_or_create(index, settings)
+        engine.add(read_catalog(build_fashion_catalog(out / "catalog", n_items=FIT_ITEMS, split="test")), progress=True)
+        engine.close()
+    return Engine.open(index, load_settings({"index": str(index)}))
+
+
+def catalog_vectors(engine: Engine) -> dict[str, np.ndarray]:
+    """Features, codes and categories of every Fashion-MNIST image, described like a catalog shot."""
+    features, codes, categories, ids = [], [], [], []
+    for split in ("train", "test"):
+        images, labels = load_fashion_mnist(split)
+        for start in tqdm(range(0, len(images), BATCH), desc=f"embedding {split}", unit="batch"):
+            batch = range(start, min(start + BATCH, len(images)))
+            photos = [Image.fromarray(catalog_photo(images[i], item_style(i, int(labels[i]))[1], 224)) for i in batch]
+            described = engine.encoder.describe(photos)
+            batch_features, batch_codes = engine.codec.encode(described)
+            features.append(batch_features.astype(np.float32))
+            codes.append(batch_codes)
+            categories += [FASHION_CATEGORIES[int(labels[i])] for i in batch]
+            ids += [item_id(split, i) for i in batch]
+    return {"features": np.concatenate(features), "codes": np.concatenate(codes),
+            "categories": np.array(categories), "item_ids": np.array(ids)}
+
+
+def augmented_photo(image28: np.ndarray, number: int) -> Image.Image:
+    """Catalog photo number `number` of a variant of this product (fixed by `number`)."""
+    rng = np.random.default_rng([7, number])
+    photo = Image.fromarray(catalog_photo(image28, PALETTE[int(rng.integers(len(PALETTE)))][1], 224))
+    if rng.random() < 0.5:
+        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    scale = rng.uniform(0.75, 1.0)
+    shift = rng.uniform(-0.1, 0.1, 2) * 224
+    photo = photo.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    side = int(224 * scale)
+    canvas = Image.new("RGB", (224, 224), (255, 255, 255))
+    canvas.paste(photo.resize((side, side), Image.Resampling.BILINEAR),
+                 (int((224 - side) / 2 + shift[0]), int((224 - side) / 2 + shift[1])))
+    return canvas
+
+
+def augmented_vectors(engine: Engine, count: int) -> dict[str, np.ndarray]:
+    """Features, codes and categories of `count` AUGMENTED catalog images (see above)."""
+    splits = [load_fashion_mnist(split) for split in ("train", "test")]
+    images = np.concatenate([images for images, _ in splits])
+    labels = np.concatenate([labels for _, labels in splits])
+    features, codes = [], []
+    for start in tqdm(range(0, count, BATCH), desc="augmented", unit="batch"):
+        numbers = range(start, min(start + BATCH, count))
+        described = engine.encoder.describe([augmented_photo(images[n % len(images)], n) for n in numbers])
+        batch_features, batch_codes = engine.codec.encode(described)
+        features.append(batch_features.astype(np.float16))
+        codes.append(batch_codes)
+    sources = np.arange(count) % len(images)
+    return {"features": np.concatenate(features), "codes": np.concatenate(codes),
+            "categories": np.array(FASHION_CATEGORIES)[labels[sources]], "sources": sources}
+
+
+def query_vectors(engine: Engine, out: Path, count: int) -> dict[str, np.ndarray]:
+    """Features and codes of SIMULATED shopper photos, through localization and embedding."""
+    shots = build_shopper_queries(out / "catalog", out / "queries", n_queries=count)
+    rows = [json.loads(line) for line in shots.read_text().splitlines() if line.strip()]
+    features, codes = [], []
+    for start in tqdm(range(0, len(rows), BATCH), desc="queries", unit="batch"):
+        images = [engine.load(shots.parent / row["image"]) for row in rows[start : start + BATCH]]
+        boxes = engine.encoder.locate(images)
+        described = engine.encoder.describe([crop(image, found[0]) for image, found in zip(images, boxes)])
+        batch_features, batch_codes = engine.codec.encode(described)
+        features.append(batch_features.astype(np.float32))
+        codes.append(batch_codes)
+    return {"features": np.concatenate(features), "codes": np.concatenate(codes),
+            "item_ids": np.array([row["item_id"] for row in rows])}
+
+
+def load(out: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The saved catalog and query vectors (run this script first)."""
+    with np.load(out / "vectors.npz") as catalog, np.load(out / "queries.npz") as queries:
+        return dict(catalog), dict(queries)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/out/fm70k-vectors"))
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--augmented", type=int, default=0, help="AUGMENTED catalog images to embed too")
+    args = parser.parse_args()
+    engine = fitted_engine(args.out)
+    if not (args.out / "vectors.npz").is_file():
+        np.savez(args.out / "vectors.npz", **catalog_vectors(engine))
+    if not (args.out / "queries.npz").is_file():
+        np.savez(args.out / "queries.npz", **query_vectors(engine, args.out, args.queries))
+    if args.augmented:
+        np.savez(args.out / "augmented.npz", **augmented_vectors(engine, args.augmented))
+    print(f"codec: {engine.codec.source}; wrote {args.out / 'vectors.npz'} and {args.out / 'queries.npz'}")
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
