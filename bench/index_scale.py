@@ -67,7 +67,7 @@ def synthetic(features: np.ndarray, partitions: np.ndarray, count: int, noise: f
     """SYNTHETIC embeddings drawn around the real ones; codes from the same ITQ rotation."""
     rng = np.random.default_rng(seed)
     spread = features.std(axis=0)
-    chunks = []
+    chunks = [(np.zeros((0, features.shape[1]), np.float32), partitions[:0])]
     for start in range(0, count, 100_000):
         n = min(100_000, count - start)
         source = rng.integers(0, len(features), n)

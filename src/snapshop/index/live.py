@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
-SHARE_MARGIN, SHARE_EXTRA = 1.5, 16  # a partition's first ask: its share of the shortlist x margin + extra
+SHARE_MARGIN, SHARE_EXTRA = 2.5, 16  # a partition's first ask: its share of the shortlist x margin + extra
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,8 @@ class PartitionState:
         """Per base row, whether it is tombstoned."""
         dead = np.zeros(self._base_size, bool)
         if len(self.tombstones):
-            dead[self.base.rows.rows_of(self.tombstones)] = True
+            rows = self.base.rows.rows_of(self.tombstones)
+            dead[rows[rows >= 0]] = True
         return dead
 
     def live_rows(self) -> Rows:
