@@ -1,21 +1,15 @@
 """The index engine at 1,000,000 images: code shortlist + re-rank vs exact float, Hamming and HNSW; live updates.
 
-    .venv/bin/python bench/index_scale.py [--grow gaussian|augmented] [--source bench/out/fm70k-vectors]
-                                          [--out bench/out/scale] [--total 1000000]
+    .venv/bin/python bench/index_scale.py [--source bench/out/fm70k-vectors] [--out bench/out/scale] [--total 1000000]
 
-Needs the vectors of `bench/real_embeddings.py` (run it first; with `--augmented 930000` for
-`--grow augmented`). Data, said plainly:
+Needs the vectors of `bench/real_embeddings.py` (run it first). Data, said plainly:
 
-* catalog vectors: the 70,000 real Fashion-MNIST embeddings, grown to `--total` by either
-  - `gaussian`: SYNTHETIC embeddings drawn to match their distribution: a random real
-    embedding plus Gaussian noise with the per-dimension spread of the real ones,
-    re-normalised, in the category of the embedding it came from; the noise is scaled so that
-    a synthetic embedding is as similar to its source as a real embedding is to its nearest
-    real neighbour (median cosine); noise in every dimension makes this a hard, near-uniform
-    set; codes from the fitted index's own ITQ rotation;
-  - `augmented`: the pipeline's embeddings of AUGMENTED catalog images (each Fashion-MNIST
-    image rendered as other products of the same model: colour, mirror, small rotation,
-    scale and shift), with their codes;
+* catalog vectors: the 70,000 real Fashion-MNIST embeddings, plus SYNTHETIC embeddings drawn
+  to match their distribution: a random real embedding plus Gaussian noise with the
+  per-dimension spread of the real ones, re-normalised, in the category of the embedding it
+  came from; the noise is scaled so that a synthetic embedding is as similar to its source as
+  a real embedding is to its nearest real neighbour (median cosine); noise in every dimension
+  makes this a hard, near-uniform set; codes from the fitted index's own ITQ rotation;
 * queries: embeddings of SIMULATED shopper photos, localized and embedded by the pipeline.
 
 Everything goes through the real write path (SQLite change log -> live index -> compaction
@@ -133,15 +127,13 @@ def hamming_then_rerank(hamming: faiss.IndexBinaryFlat, features16: np.ndarray, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grow", choices=("gaussian", "augmented"), default="gaussian")
     parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/scale"))
     parser.add_argument("--total", type=int, default=1_000_000)
     parser.add_argument("--noise", type=float, default=None, help="noise scale [default: calibrated, see above]")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
-    grown = {"gaussian": "SYNTHETIC embeddings drawn around them", "augmented": "embeddings of AUGMENTED catalog images"}
-    report: dict = {"data": f"70,000 real Fashion-MNIST embeddings + {grown[args.grow]}; "
+    report: dict = {"data": "70,000 real Fashion-MNIST embeddings + SYNTHETIC embeddings drawn around them; "
                             "queries: SIMULATED shopper photos; one core per search"}
 
     catalog, queries = load_vectors(args.source)
@@ -151,15 +143,7 @@ def main() -> None:
     query_projections = rotation.project(query_features)
     noise = args.noise if args.noise is not None else calibrated_noise(real_features)
     report["synthetic_noise"] = round(noise, 3)
-    if args.grow == "gaussian":
-        drawn, drawn_codes, drawn_parts = synthetic(real_features, real_parts, args.total - len(real_features), noise, rotation)
-    else:
-        with np.load(args.source / "augmented.npz") as augmented:
-            count = args.total - len(real_features)
-            if len(augmented["codes"]) < count:
-                raise SystemExit(f"{args.source / 'augmented.npz'} holds {len(augmented['codes'])} embeddings; {count} needed")
-            drawn, drawn_codes = augmented["features"][:count].astype(np.float32), augmented["codes"][:count]
-            drawn_parts = augmented["categories"][:count]
+    drawn, drawn_codes, drawn_parts = synthetic(real_features, real_parts, args.total - len(real_features), noise, rotation)
     features = np.concatenate([real_features, drawn])
     codes = np.concatenate([catalog["codes"], drawn_codes])
     partitions = np.concatenate([real_parts, drawn_parts])
@@ -259,7 +243,7 @@ def main() -> None:
         "process_rss_growth_after_open_and_queries": round(rss_mb() - rss_before, 1),
     }
 
-    # --- live updates at this scale (10,000 more SYNTHETIC embeddings) ----------------------------------
+    # --- live updates at this scale ------------------------------------------------------------------
     new_features, new_codes, new_parts = synthetic(real_features, real_parts, 10_000, noise, rotation, seed=9)
     began = time.perf_counter()
     new_ids = write(store, [f"new{i}" for i in range(10_000)], new_parts, new_features, new_codes)
@@ -297,7 +281,7 @@ def main() -> None:
                               "during_compaction": round(float(np.percentile(during, 99)), 3) if during else None,
                               "queries_during_compaction": len(during)}
     print(json.dumps(report, indent=2))
-    (args.out.parent / f"index_scale-{args.grow}-{args.total}.json").write_text(json.dumps(report, indent=2))
+    (args.out.parent / f"index_scale-{args.total}.json").write_text(json.dumps(report, indent=2))
     index.close()
     store.close()
 

@@ -12,15 +12,9 @@ What the index benchmarks (`bench/index_scale.py`) search. Made once, then reuse
   memory, is described by that engine's CNN and encoded by its codec: float features and
   256-bit codes, with its category;
 * SIMULATED shopper photos of test-split items are localized, described and encoded by the
-  same engine, as a search would;
-* with `--augmented N`: N AUGMENTED catalog images, each a Fashion-MNIST image (all 70,000 in
-  turn) rendered as another product of the same model: another colour of the palette,
-  mirrored or not, rotated up to 8 degrees, scaled 0.75-1.0 and shifted, on the white
-  backdrop; described and encoded like the catalog (real CNN embeddings of images that
-  exist nowhere else, for scaling the catalog past 70,000).
+  same engine, as a search would.
 
-Written to OUT/vectors.npz (features, codes, categories, item ids), OUT/queries.npz and
-OUT/augmented.npz.
+Written to OUT/vectors.npz (features, codes, categories, item ids) and OUT/queries.npz.
 """
 
 from __future__ import annotations
@@ -35,8 +29,7 @@ from tqdm import tqdm
 
 from snapshop.catalog.manifest import read_catalog
 from snapshop.datasets import build_fashion_catalog, build_shopper_queries
-from snapshop.datasets.fashion import (FASHION_CATEGORIES, PALETTE, catalog_photo, item_id, item_style,
-                                       load_fashion_mnist)
+from snapshop.datasets.fashion import FASHION_CATEGORIES, catalog_photo, item_id, item_style, load_fashion_mnist
 from snapshop.models.encoder import crop
 from snapshop.search.engine import Engine
 from snapshop.settings import load_settings
@@ -74,39 +67,6 @@ def catalog_vectors(engine: Engine) -> dict[str, np.ndarray]:
             "categories": np.array(categories), "item_ids": np.array(ids)}
 
 
-def augmented_photo(image28: np.ndarray, number: int) -> Image.Image:
-    """Catalog photo number `number` of a variant of this product (fixed by `number`)."""
-    rng = np.random.default_rng([7, number])
-    photo = Image.fromarray(catalog_photo(image28, PALETTE[int(rng.integers(len(PALETTE)))][1], 224))
-    if rng.random() < 0.5:
-        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    scale = rng.uniform(0.75, 1.0)
-    shift = rng.uniform(-0.1, 0.1, 2) * 224
-    photo = photo.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
-    side = int(224 * scale)
-    canvas = Image.new("RGB", (224, 224), (255, 255, 255))
-    canvas.paste(photo.resize((side, side), Image.Resampling.BILINEAR),
-                 (int((224 - side) / 2 + shift[0]), int((224 - side) / 2 + shift[1])))
-    return canvas
-
-
-def augmented_vectors(engine: Engine, count: int) -> dict[str, np.ndarray]:
-    """Features, codes and categories of `count` AUGMENTED catalog images (see above)."""
-    splits = [load_fashion_mnist(split) for split in ("train", "test")]
-    images = np.concatenate([images for images, _ in splits])
-    labels = np.concatenate([labels for _, labels in splits])
-    features, codes = [], []
-    for start in tqdm(range(0, count, BATCH), desc="augmented", unit="batch"):
-        numbers = range(start, min(start + BATCH, count))
-        described = engine.encoder.describe([augmented_photo(images[n % len(images)], n) for n in numbers])
-        batch_features, batch_codes = engine.codec.encode(described)
-        features.append(batch_features.astype(np.float16))
-        codes.append(batch_codes)
-    sources = np.arange(count) % len(images)
-    return {"features": np.concatenate(features), "codes": np.concatenate(codes),
-            "categories": np.array(FASHION_CATEGORIES)[labels[sources]], "sources": sources}
-
-
 def query_vectors(engine: Engine, out: Path, count: int) -> dict[str, np.ndarray]:
     """Features and codes of SIMULATED shopper photos, through localization and embedding."""
     shots = build_shopper_queries(out / "catalog", out / "queries", n_queries=count)
@@ -133,15 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/fm70k-vectors"))
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--augmented", type=int, default=0, help="AUGMENTED catalog images to embed too")
     args = parser.parse_args()
     engine = fitted_engine(args.out)
     if not (args.out / "vectors.npz").is_file():
         np.savez(args.out / "vectors.npz", **catalog_vectors(engine))
     if not (args.out / "queries.npz").is_file():
         np.savez(args.out / "queries.npz", **query_vectors(engine, args.out, args.queries))
-    if args.augmented:
-        np.savez(args.out / "augmented.npz", **augmented_vectors(engine, args.augmented))
     print(f"codec: {engine.codec.source}; wrote {args.out / 'vectors.npz'} and {args.out / 'queries.npz'}")
     engine.close()
 
