@@ -76,6 +76,17 @@ class IndexParams:
     compact_tombstones: int = 10_000
 
 
+def checked_queries(params: IndexParams, projections: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A search's queries as contiguous float32: projections N x bits, features N x dim (else a TypeError / ValueError)."""
+    projections = np.asarray(projections)
+    if projections.dtype.kind != "f" or projections.ndim != 2 or projections.shape[1] != params.bits:
+        raise TypeError(f"projections must be float of shape (N, {params.bits}), got {projections.dtype} {projections.shape}")
+    features = np.asarray(features)
+    if features.shape != (len(projections), params.dim):
+        raise ValueError(f"features must be of shape ({len(projections)}, {params.dim}), got {features.shape}")
+    return np.ascontiguousarray(projections, np.float32), np.ascontiguousarray(features, np.float32)
+
+
 @dataclass(frozen=True)
 class SegmentEntry:
     """One base segment in segments.json: its file name stem, place, and the change-log seq it holds."""
@@ -377,14 +388,7 @@ class LiveIndex:
 
         `projections` are the queries' float projections on the code's axes (N x bits: their
         signs are the queries' codes), `features` their float embeddings (N x dim)."""
-        projections = np.asarray(projections)
-        if projections.dtype.kind != "f" or projections.ndim != 2 or projections.shape[1] != self.params.bits:
-            raise TypeError(f"projections must be float of shape (N, {self.params.bits}), "
-                            f"got {projections.dtype} {projections.shape}")
-        if features.shape != (len(projections), self.params.dim):
-            raise ValueError(f"features must be of shape ({len(projections)}, {self.params.dim}), got {features.shape}")
-        projections = np.ascontiguousarray(projections, np.float32)
-        features = np.ascontiguousarray(features, np.float32)
+        projections, features = checked_queries(self.params, projections, features)
         shards = self.shards  # one view for the whole query
         if self._pool is not None:
             answers = list(self._pool.map(lambda s: self._ask_shard(s, projections, features, shortlist, partitions), shards))

@@ -45,7 +45,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from snapshop.errors import BackendError
-from snapshop.index.live import Candidates, IndexParams, file_stamp
+from snapshop.index.live import Candidates, IndexParams, checked_queries, file_stamp
 from snapshop.index.store import Change, MetadataStore
 from snapshop.models.projection import sign_code
 from snapshop.settings import Settings
@@ -278,12 +278,7 @@ class MilvusIndex:
         Milvus is asked once for `shortlist` candidates per partition searched, at most 16384:
         its binary vectors are compared by Hamming distance only, which ranks worse than the
         faiss backend's asymmetric scores (docs/benchmarks.md)."""
-        projections = np.asarray(projections)
-        if projections.dtype.kind != "f" or projections.ndim != 2 or projections.shape[1] != self.params.bits:
-            raise TypeError(f"projections must be float of shape (N, {self.params.bits}), "
-                            f"got {projections.dtype} {projections.shape}")
-        if features.shape != (len(projections), self.params.dim):
-            raise ValueError(f"features must be of shape ({len(projections)}, {self.params.dim}), got {features.shape}")
+        projections, features = checked_queries(self.params, projections, features)
         codes = sign_code(projections)
         names = list(self._partitions) if partitions is None else [p for p in partitions if p in self._partitions]
         if not names or not len(codes):
@@ -293,7 +288,7 @@ class MilvusIndex:
         ids = self._shortlist(codes, min(shortlist * len(names), MAX_TOPK),
                               None if partitions is None else names)
         hamming_ms = (time.perf_counter() - start) * 1000
-        candidates = self._rerank(ids, np.asarray(features, np.float32), shortlist)
+        candidates = self._rerank(ids, features, shortlist)
         total_ms = round((time.perf_counter() - start) * 1000, 3)
         found = candidates.image_ids >= 0
         explain = [{"partition": name, "shard": 0, "base": f"milvus {self.collection.name}",
