@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from snapshop.learn.boxes import clicked_product_mask, learn_objectness
+from snapshop.learn.boxes import clicked_product_mask, learn_objectness, relocated
 from snapshop.learn.mining import Triplet
 from snapshop.learn.train import CatalogImages
 from snapshop.models.localize import ObjectnessModel, box_iou
@@ -98,6 +98,13 @@ def test_clicks_teach_the_localization_the_real_photos_clutter(backbone, catalog
         before.append(box_iou(encoder.objectness.boxes(feature_map, photo.size)[0].as_list(), true_box(at)))
         after.append(box_iou(learned.boxes(feature_map, photo.size)[0].as_list(), true_box(at)))
     assert np.mean(after) > 0.4 and np.mean(after) > np.mean(before) + 0.2, (before, after)
+
+    unreadable = Triplet(tmp_path / "gone.jpg", [1, 2, 3, 4], items[0], (), 99)
+    boxed = relocated(encoder, learned, load_image, triplets + [unreadable])  # what the head then trains on
+    ious = [box_iou(t.box, true_box(places[n % 4])) for n, t in enumerate(boxed[: len(items)])]
+    assert np.mean(ious) > 0.4, ious
+    assert boxed[-1].box == [1, 2, 3, 4]  # a photo that cannot be read keeps its box
+    assert encoder.objectness is not learned  # the index's own localization is untouched
 
 
 def test_without_an_objectness_model_to_start_from_nothing_is_learned(backbone):

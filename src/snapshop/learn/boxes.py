@@ -6,12 +6,15 @@ cells the current localization takes for a product, is where the product is: one
 clicked photo, and no box label anywhere. The objectness model (`models.localize`, until
 now fitted on synthetic views) is fitted again on those boxes, so the localization learns
 the real photos' backgrounds: the clutter it took for a product, which no click confirms,
-becomes background.
+becomes background. The embedding is then trained on the crops of that learned box
+(`relocated`), the crops the new version's searches will embed.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -66,6 +69,27 @@ def learn_objectness(encoder: ImageEncoder, load: Callable[[str], Image.Image], 
         log.info("no box learned from clicks: no photo showed both product and background")
         return None
     return model.solve(), taught
+
+
+def relocated(encoder: ImageEncoder, objectness: ObjectnessModel, load: Callable[[str], Image.Image],
+              triplets: list[Triplet], *, progress: bool = False) -> list[Triplet]:
+    """The triplets with each photo's box found again, by `objectness` (photos that cannot be
+    read keep theirs; training skips them anyway)."""
+    learned = copy.copy(encoder)
+    learned.objectness = objectness
+    photos = list(dict.fromkeys(triplet.query_image for triplet in triplets))
+    boxes: dict = {}
+    for start in tqdm(range(0, len(photos), BATCH), desc="boxing the clicked photos", unit="batch",
+                      disable=not progress):
+        readable = []
+        for photo in photos[start:start + BATCH]:
+            try:
+                readable.append((photo, load(str(photo))))
+            except SnapshopError as exc:
+                log.info("%s: %s", photo, exc)
+        for (photo, _), found in zip(readable, learned.locate([image for _, image in readable])):
+            boxes[photo] = found[0].as_list()
+    return [replace(triplet, box=boxes.get(triplet.query_image, triplet.box)) for triplet in triplets]
 
 
 def clicked_product_mask(objectness: ObjectnessModel, feature_map: np.ndarray, product: np.ndarray,

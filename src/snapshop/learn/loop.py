@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from snapshop.catalog.manifest import Catalog, CatalogRow
 from snapshop.errors import ModelError, SnapshopError
 from snapshop.index.folder import IndexFolder
-from snapshop.learn.boxes import learn_objectness
+from snapshop.learn.boxes import learn_objectness, relocated
 from snapshop.learn.clicklog import read_click_log
 from snapshop.learn.mining import TrustPolicy, mine_triplets
 from snapshop.learn.model import ClickHead, load_head, save_head
@@ -55,9 +55,11 @@ def train_from_clicks(settings: Settings, click_log: Path, *, config: TrainConfi
     initial, current = starting_point(engine)
     catalog = catalog_images(engine)
     workdir = engine.folder.root / "training"
+    learned_box = learn_objectness(engine.encoder, engine.load, triplets, catalog, seed=config.seed, progress=progress)
+    if learned_box is not None:  # the new version searches the crops of the learned box: train on those
+        triplets = relocated(engine.encoder, learned_box[0], engine.load, triplets, progress=progress)
     result = train_head(initial, current, engine.backbone, engine.load, triplets, catalog, workdir, config,
                         progress=progress)
-    learned_box = learn_objectness(engine.encoder, engine.load, triplets, catalog, seed=config.seed, progress=progress)
     scratch = workdir / "model.onnx"
     export_trained_model(result.head, scratch, variant)
     spec = ModelSpec(f"efficientnet-lite{variant}+clicks", scratch, engine.manifest.preprocessing)
