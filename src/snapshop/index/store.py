@@ -253,12 +253,13 @@ class MetadataStore:
                              ((item, name) for item, name in group.items() if sizes[name] > 1 and item in existing))
 
     def delete_items(self, item_ids: Iterable[str]) -> list[str]:
-        """Delete items (and their images); returns the ids that existed."""
+        """Delete items (and their images); returns the ids that existed, in the order given.
+        Deleted in id order: neighbouring rows share b-tree pages, so fewer pages are written."""
         existing = self.existing_items(item_ids := list(dict.fromkeys(item_ids)))
-        deleted = [(item_id,) for item_id in item_ids if item_id in existing]
-        self._db.executemany(_LOG_REMOVALS, deleted)
-        self._db.executemany("DELETE FROM items WHERE item_id = ?", deleted)
-        return [item_id for item_id, in deleted]
+        in_id_order = [(item_id,) for item_id in sorted(existing)]
+        self._db.executemany(_LOG_REMOVALS, in_id_order)
+        self._db.executemany("DELETE FROM items WHERE item_id = ?", in_id_order)
+        return [item_id for item_id in item_ids if item_id in existing]
 
     def set_vectors(self, image_ids: np.ndarray, features: np.ndarray, codes: np.ndarray, *, reset: bool = False) -> None:
         """Store float features and codes. New searchable images are logged as adds; a
