@@ -4,6 +4,7 @@ compaction, shards and replicas, memory-mapped loading, other processes' writes.
 from __future__ import annotations
 
 import threading
+import time
 
 import faiss
 import numpy as np
@@ -399,3 +400,20 @@ def test_index_folder_lock_is_exclusive(tmp_path):
         with pytest.raises(IndexError_, match="another process is writing"):
             with IndexFolder(tmp_path / "idx").write_lock():
                 pass
+
+
+def test_committed_writes_reach_the_database_file_in_the_background(tmp_path):
+    """COMMIT waits only for the WAL; the checkpointer thread copies the frames into the file after."""
+    store = MetadataStore(tmp_path / "meta.sqlite")
+    try:
+        before = (tmp_path / "meta.sqlite").stat().st_size
+        with store.transaction():
+            store.upsert_items([NewItem(f"item{i}", "a", {"title": "x" * 2000}, []) for i in range(500)])
+        waited = 0.0
+        while (tmp_path / "meta.sqlite").stat().st_size <= before + 500 * 2000 and waited < 20:
+            time.sleep(0.05)
+            waited += 0.05
+        assert (tmp_path / "meta.sqlite").stat().st_size > before + 500 * 2000, "nothing was checkpointed"
+        assert len(store.item_ids()) == 500
+    finally:
+        store.close()

@@ -41,6 +41,7 @@ import faiss
 import numpy as np
 
 from snapshop.errors import IndexError_
+from snapshop.index import rerank
 from snapshop.index.partition import PartitionState
 from snapshop.index.segments import BaseSegment, Rows
 from snapshop.index.store import Change, MetadataStore, StoredVectors
@@ -162,13 +163,14 @@ class ShardReplica:
         lists, ids, scores, rows, owner = self._merged_shortlist(names, projections, shortlist)
         shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
         start = time.perf_counter()
-        cosines = np.full(ids.shape, -np.inf, np.float32)
+        stored = np.zeros((*ids.shape, features.shape[1]), np.float16)
         for number, name in enumerate(names):
-            mine = owner == number
+            mine = (owner == number) & (rows >= 0)
             if mine.any():
-                cosines = np.where(mine, self.states[name].cosines(np.where(mine, rows, -1), features), cosines)
+                stored[mine] = self.states[name].stored_features(rows[mine])
+        cosines = np.where(rows >= 0, rerank.cosines(stored, features), -np.inf).astype(np.float32)
         order = np.argsort(-cosines, axis=1, kind="stable")
-        ids = np.where(np.isfinite(cosines), ids, -1)
+        ids = np.where(rows >= 0, ids, -1)
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
         explain = [{**self._explain(self.states[name]), "fetched": lists[name].image_ids.shape[1],
                     "candidates": int(((ids >= 0) & (owner == number)).sum() / max(len(ids), 1)),

