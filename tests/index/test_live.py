@@ -141,6 +141,17 @@ def test_rerank_order_is_exact_cosine_order_on_the_shortlist(synthetic):
         assert list(found.image_ids[row][:20]) == list(ids[np.argsort(-exact[row], kind="stable")][:20])
 
 
+def test_a_batch_re_ranked_block_by_block_answers_as_single_queries_do(synthetic, monkeypatch):
+    s, ids, _, codes, features = synthetic(n=400)
+    queries = l2_normalize(features[:12] + 0.3 * np.random.default_rng(3).standard_normal(features[:12].shape).astype(np.float32))
+    monkeypatch.setattr("snapshop.index.live.RERANK_BLOCK", 100)  # 100 candidate rows a call: 2 queries at 50
+    batch = s.index.search(project(queries), queries, shortlist=50)
+    for row in range(12):
+        single = s.index.search(project(queries[row : row + 1]), queries[row : row + 1], shortlist=50)
+        assert list(batch.image_ids[row]) == list(single.image_ids[0])
+        np.testing.assert_allclose(batch.scores[row], single.scores[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [
     lambda features: encode(features),  # packed codes, not projections
     lambda features: project(features).astype(np.int64),

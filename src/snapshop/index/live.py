@@ -52,6 +52,7 @@ LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
 SHARE_MARGIN, SHARE_EXTRA = 2.5, 16  # a partition's first ask: its share of the shortlist x margin + extra
+RERANK_BLOCK = 32_768  # candidate rows gathered for one re-rank call (16 MB of float16 at 256 dimensions)
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,7 @@ class ShardReplica:
         lists, ids, scores, rows, owner = self._merged_shortlist(names, projections, shortlist)
         shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
         start = time.perf_counter()
-        stored = np.zeros((*ids.shape, features.shape[1]), np.float16)
-        for number, name in enumerate(names):
-            mine = (owner == number) & (rows >= 0)
-            if mine.any():
-                stored[mine] = self.states[name].stored_features(rows[mine])
-        cosines = np.where(rows >= 0, rerank.cosines(stored, features), -np.inf).astype(np.float32)
+        cosines = self._rerank(names, owner, rows, features)
         order = np.argsort(-cosines, axis=1, kind="stable")
         ids = np.where(rows >= 0, ids, -1)
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
@@ -177,6 +173,21 @@ class ShardReplica:
                     "ms": shortlist_ms, "rerank_ms": rerank_ms} for number, name in enumerate(names)]
         return ShardHits(np.take_along_axis(ids, order, 1), np.take_along_axis(cosines, order, 1),
                          np.asarray(names, object)[np.take_along_axis(owner, order, 1)], explain)
+
+    def _rerank(self, names: list[str], owner: np.ndarray, rows: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Float cosine of each query with its shortlisted rows (-inf where none), a block of
+        queries at a time so that the gathered float16 features stay within RERANK_BLOCK rows."""
+        cosines = np.full(rows.shape, -np.inf, np.float32)
+        step = max(1, RERANK_BLOCK // max(rows.shape[1], 1))
+        for start in range(0, len(rows), step):
+            block = slice(start, start + step)
+            stored = np.zeros((*rows[block].shape, features.shape[1]), np.float16)
+            for number, name in enumerate(names):
+                mine = (owner[block] == number) & (rows[block] >= 0)
+                if mine.any():
+                    stored[mine] = self.states[name].stored_features(rows[block][mine])
+            cosines[block] = np.where(rows[block] >= 0, rerank.cosines(stored, features[block]), -np.inf)
+        return cosines
 
     def _merged_shortlist(self, names: list[str], projections: np.ndarray, shortlist: int):
         """The best `shortlist` codes over the partitions (code scores compare across them).

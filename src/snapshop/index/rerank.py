@@ -39,6 +39,7 @@ def _scorer() -> ort.InferenceSession:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1  # parallelism comes from shards and concurrent queries
             options.inter_op_num_threads = 1
+            options.enable_cpu_mem_arena = False  # a large batch's buffers go back to the system after it
             _session = ort.InferenceSession(_cosine_graph(), options, providers=["CPUExecutionProvider"])
         return _session
 
