@@ -45,6 +45,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from snapshop.errors import BackendError
+from snapshop.index import rerank
 from snapshop.index.live import Candidates, IndexParams, checked_queries, file_stamp
 from snapshop.index.store import Change, MetadataStore
 from snapshop.models.projection import sign_code
@@ -332,7 +333,7 @@ class MilvusIndex:
             rows = [row_of[i] for i in ids if i in row_of]
             if not rows:
                 continue
-            scores = stored.features[rows].astype(np.float32) @ features[q]
+            scores = rerank.cosines(stored.features[rows][None], features[q : q + 1])[0]
             order = np.argsort(-scores, kind="stable")[:width]
             out_ids[q, :len(order)] = stored.image_ids[rows][order]
             out_scores[q, :len(order)] = scores[order]
