@@ -181,12 +181,13 @@ class ShardReplica:
         step = max(1, RERANK_BLOCK // max(rows.shape[1], 1))
         for start in range(0, len(rows), step):
             block = slice(start, start + step)
-            stored = np.zeros((*rows[block].shape, features.shape[1]), np.float16)
+            block_rows, block_owner = rows[block], owner[block]
+            stored = np.zeros((*block_rows.shape, features.shape[1]), np.float16)
             for number, name in enumerate(names):
-                mine = (owner[block] == number) & (rows[block] >= 0)
+                mine = (block_owner == number) & (block_rows >= 0)
                 if mine.any():
-                    stored[mine] = self.states[name].stored_features(rows[block][mine])
-            cosines[block] = np.where(rows[block] >= 0, rerank.cosines(stored, features[block]), -np.inf)
+                    stored[mine] = self.states[name].stored_features(block_rows[mine])
+            cosines[block] = np.where(block_rows >= 0, rerank.cosines(stored, features[block]), -np.inf)
         return cosines
 
     def _merged_shortlist(self, names: list[str], projections: np.ndarray, shortlist: int):

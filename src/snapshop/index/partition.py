@@ -107,6 +107,7 @@ class PartitionState:
             features[~in_base] = self.delta.rows.features[rows[~in_base] - self._base_size]
         return features
 
+
 def _bound(scores: np.ndarray, count: int, size: int) -> np.ndarray:
     """The score a code beyond the `count` fetched of `size` may reach: the last fetched one's."""
     if count >= size or scores.shape[1] == 0:

@@ -8,15 +8,13 @@ images). ONNX Runtime's Cast is vectorized and its batched MatMul follows in the
 
 from __future__ import annotations
 
-import threading
+import functools
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
 OPSET = 17
-_session: ort.InferenceSession | None = None
-_session_lock = threading.Lock()
 
 
 def _cosine_graph() -> bytes:
@@ -32,16 +30,14 @@ def _cosine_graph() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
 
 
+@functools.cache
 def _scorer() -> ort.InferenceSession:
-    global _session
-    with _session_lock:
-        if _session is None:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1  # parallelism comes from shards and concurrent queries
-            options.inter_op_num_threads = 1
-            options.enable_cpu_mem_arena = False  # a large batch's buffers go back to the system after it
-            _session = ort.InferenceSession(_cosine_graph(), options, providers=["CPUExecutionProvider"])
-        return _session
+    """The process's session (two threads racing here at first build two; one is kept)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # parallelism comes from shards and concurrent queries
+    options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False  # a large batch's buffers go back to the system after it
+    return ort.InferenceSession(_cosine_graph(), options, providers=["CPUExecutionProvider"])
 
 
 def cosines(candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
