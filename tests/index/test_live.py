@@ -3,8 +3,10 @@ compaction, shards and replicas, memory-mapped loading, other processes' writes.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from contextlib import closing
 
 import faiss
 import numpy as np
@@ -428,3 +430,47 @@ def test_committed_writes_reach_the_database_file_in_the_background(tmp_path):
         assert len(store.item_ids()) == 500
     finally:
         store.close()
+
+
+def _raw_image_rows(path) -> int:
+    """Image rows in the database file, swept or not (the store's own reads skip unswept ones)."""
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+
+def _wait_until(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_removed_items_images_vanish_at_once_and_their_rows_are_swept_after_the_commit(synthetic):
+    index, ids, _, codes, _ = synthetic(n=40)
+    path = index.folder / "meta.sqlite"
+    index.remove([f"item{i}" for i in range(10)])
+    gone = {f"item{i}" for i in range(10)}
+    assert index.store.counts()["images"] == 30
+    assert not gone & {item for _, item, _ in index.store.image_rows()}
+    assert not gone & {item for item, _, _ in index.store.image_boxes()}
+    assert index.store.images_of(gone) == []
+    assert len(index.store.vectors().image_ids) == 30
+    assert _wait_until(lambda: _raw_image_rows(path) == 30), "the removed items' image rows were never swept"
+
+
+def test_an_item_added_again_before_the_sweep_keeps_only_its_new_images(synthetic, monkeypatch):
+    index, ids, labels, codes, features = synthetic(n=20)
+    path = index.folder / "meta.sqlite"
+    monkeypatch.setattr(type(index.store._upkeep), "_sweep", lambda self, db: None)
+    index.remove(["item3"])
+    assert _raw_image_rows(path) == 20, "the image row is left to the sweep"
+    new_ids = index.write(["item3"], [labels[3]], codes[:1], features[:1])
+    assert [image_id for image_id, item, _ in index.store.image_rows() if item == "item3"] == new_ids.tolist()
+    assert index.store.counts()["images"] == 20
+    monkeypatch.undo()
+    index.store.close()  # the next process that writes sweeps what this one left
+    index.store = MetadataStore(path)
+    with index.store.transaction():
+        index.store.delete_items(["item4"])
+    assert _wait_until(lambda: _raw_image_rows(path) == 19)
+    assert [image_id for image_id, item, _ in index.store.image_rows() if item == "item3"] == new_ids.tolist()
