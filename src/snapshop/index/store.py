@@ -220,11 +220,11 @@ class MetadataStore:
         """Replace items and all their images (a few statements for the whole batch; the last
         of repeated item ids wins); returns each item's new image ids."""
         latest = {item.item_id: item for item in items}
-        keys = [(item_id,) for item_id in latest]
-        self._db.executemany(_LOG_REMOVALS, keys)
-        self._db.executemany("DELETE FROM items WHERE item_id = ?", keys)
-        self._db.executemany("DELETE FROM images WHERE item_id = ?", keys)  # also a removed item's unswept images
-        self._db.executemany("DELETE FROM unswept_items WHERE item_id = ?", keys)
+        replaced = [(item_id,) for item_id in sorted(self._found_in("items", latest) | self._found_in("unswept_items", latest))]
+        self._db.executemany(_LOG_REMOVALS, replaced)
+        self._db.executemany("DELETE FROM items WHERE item_id = ?", replaced)
+        self._db.executemany("DELETE FROM images WHERE item_id = ?", replaced)  # also a removed item's unswept images
+        self._db.executemany("DELETE FROM unswept_items WHERE item_id = ?", replaced)
         self._db.executemany("INSERT INTO items(item_id, category, fields) VALUES (?, ?, ?)", (
             (item.item_id, item.category, json.dumps(item.fields, ensure_ascii=False, default=str))
             for item in latest.values()))
@@ -339,10 +339,14 @@ class MetadataStore:
         return (row[0], json.loads(row[1])) if row else None
 
     def existing_items(self, item_ids: Iterable[str]) -> set[str]:
+        return self._found_in("items", item_ids)
+
+    def _found_in(self, table: str, item_ids: Iterable[str]) -> set[str]:
+        """The ids that have a row in `table` (items, or unswept_items: removed, rows not yet swept)."""
         found: set[str] = set()
         for chunk in _chunked(list(item_ids)):
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._read.execute(f"SELECT item_id FROM items WHERE item_id IN ({marks})", chunk))
+            found.update(r[0] for r in self._read.execute(f"SELECT item_id FROM {table} WHERE item_id IN ({marks})", chunk))
         return found
 
     def item(self, item_id: str) -> dict[str, Any] | None:
