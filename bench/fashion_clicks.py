@@ -21,7 +21,7 @@ from snapshop.learn.loop import catalog_images, starting_point
 from snapshop.learn.mining import mine_triplets
 from snapshop.learn.model import save_head
 from snapshop.learn.simulate import ShopperModel, simulate_clicks
-from snapshop.learn.train import train_head
+from snapshop.learn.train import TrainConfig, train_head
 from snapshop.search.engine import Engine
 from snapshop.settings import load_settings
 
@@ -52,7 +52,8 @@ def main() -> None:
     clicks = read_click_log(log_path, engine.store.existing_items)
     initial, current = starting_point(engine)
     result = train_head(initial, current, engine.backbone, engine.load, mine_triplets(clicks.impressions),
-                        catalog_images(engine), out / "training", progress=True)
+                        catalog_images(engine), out / "training",
+                        TrainConfig(loss="triplet"), progress=True)  # the loss the shipped head was trained with
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     save_head(result.head, WEIGHTS)
     print(json.dumps(result.summary(), indent=2))

@@ -318,7 +318,7 @@ def train(
     click_log: Path = typer.Argument(..., help="Click log (JSON Lines, DESIGN.md's format)."),
     index: Optional[Path] = IndexOption,
     epochs: int = typer.Option(12, min=1, help="Passes over the training clicks."),
-    loss: str = typer.Option("triplet", help="triplet (hardest negative) or npair."),
+    loss: str = typer.Option("npair", help="npair or triplet (hardest negative)."),
     all_clicks: bool = typer.Option(False, "--all-clicks", help="Learn from every click, even short visits (no noise filter)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the trained model here [default: INDEX/trained-VERSION.onnx]."),
     switch: str = typer.Option("better", help="Activate the new version: better (if held-out recall improved), always, never."),

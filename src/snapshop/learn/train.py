@@ -3,9 +3,9 @@
 The backbone stays frozen: every query crop and catalog image goes through it once, and
 its feature maps are cached (float16, memory-mapped) for the epochs that follow, so an
 epoch costs only the head. Each batch takes the triplets' anchors, their clicked items and
-the items skipped next to them; the loss is the triplet loss on the hardest negative among
-the skipped items and the other clicked items of the batch (online hard mining, FaceNet),
-or the N-pair loss over the same negatives. A held-out part of the log (by photo) measures
+the items skipped next to them; the loss is the N-pair loss over the skipped items and the
+other clicked items of the batch (the default), or the triplet loss on the hardest of those
+negatives (online hard mining, FaceNet). A held-out part of the log (by photo) measures
 recall@1 of the clicked item against every cached catalog image, for the current model and
 after each epoch; the best epoch is kept. Checkpoints after each epoch make a run resumable.
 """
@@ -46,7 +46,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     margin: float = 0.1
-    loss: str = "triplet"  # or "npair"
+    loss: str = "npair"  # or "triplet"; N-pair measured better (docs/benchmarks.md)
     temperature: float = 0.05  # of the N-pair loss
     held_out: float = 0.1  # share of the photos kept for evaluation
     seed: int = 0

@@ -1,0 +1,81 @@
+"""Live updates on an index that `bench/index_scale.py` built: 10,000 removes and 10,000 adds.
+
+    .venv/bin/python bench/updates_at_scale.py [--index bench/out/scale] [--seed 1]
+
+The same write path and the same timings as index_scale.py's update section (from the call
+until the next query sees the change: commit + the live index's refresh), without building
+the index and its baselines again. The items removed are 10,000 random ones still in the
+index (by `--seed`); the ones added are new SYNTHETIC embeddings drawn as index_scale.py
+draws them. After the removes, it checks the removed images' own features and the
+SIMULATED shopper queries against the results, and waits for the background sweep of the
+removed image rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index_scale import calibrated_noise, fitted_rotation, swept_after, synthetic, write
+from real_embeddings import load as load_vectors
+from snapshop.index.live import IndexParams, LiveIndex
+from snapshop.index.store import MetadataStore
+from snapshop.settings import load_settings
+
+COUNT = 10_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
+    parser.add_argument("--index", type=Path, default=Path("bench/out/scale"))
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(1)
+    catalog, queries = load_vectors(args.source)
+    rotation = fitted_rotation(args.source)
+    real_features = catalog["features"].astype(np.float32)
+    settings = load_settings({})
+    store = MetadataStore(args.index / "meta.sqlite")
+    params = IndexParams(bits=catalog["codes"].shape[1] * 8, dim=real_features.shape[1],
+                         compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
+    index = LiveIndex(args.index, store, params, codec="bench")
+    report: dict = {"index": str(args.index), "images": len(index), "seed": args.seed}
+
+    items = [item for item in store.item_ids() if item.startswith("v")]
+    gone = list(np.random.default_rng(args.seed).choice(items, COUNT, replace=False))
+    victims = store.vectors(store.images_of(gone))
+    began = time.perf_counter()
+    with store.transaction():
+        store.delete_items(gone)
+    committed = time.perf_counter()
+    index.refresh()
+    report["remove_10k"] = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
+    probes = np.concatenate([queries["features"].astype(np.float32), victims.features[:500].astype(np.float32)])
+    hits = index.search(rotation.project(probes), probes, settings.shortlist).image_ids
+    report["remove_10k"]["removed_in_results"] = int(np.isin(hits, victims.image_ids).sum())
+    report["remove_10k"]["image_rows_swept_s"] = round(swept_after(args.index / "meta.sqlite") - committed, 3)
+
+    noise = calibrated_noise(real_features)
+    added, added_codes, added_parts = synthetic(real_features, catalog["categories"], COUNT, noise, rotation,
+                                                seed=1000 + args.seed)
+    began = time.perf_counter()
+    added_ids = write(store, [f"fresh{args.seed}-{i}" for i in range(COUNT)], added_parts, added, added_codes)
+    committed = time.perf_counter()
+    index.refresh()
+    report["add_10k"] = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
+    found = index.search(rotation.project(added[:200]), added[:200], 10).image_ids[:, 0]
+    report["add_10k"]["found_first_of_200"] = float(np.mean(found == added_ids[:200]))
+    print(json.dumps(report, indent=2))
+    (args.index.parent / f"updates_at_scale-{args.seed}.json").write_text(json.dumps(report, indent=2))
+    index.close()
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
