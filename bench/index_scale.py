@@ -128,6 +128,36 @@ def hamming_then_rerank(hamming: faiss.IndexBinaryFlat, features16: np.ndarray, 
     return image_ids[np.take_along_axis(rows, np.argsort(-cosines, axis=1)[:, :K], 1)]
 
 
+def timed_adds(store: MetadataStore, index: LiveIndex, rotation: ITQ, item_ids: list[str], partitions: np.ndarray,
+               features: np.ndarray, codes: np.ndarray) -> dict:
+    """Adds from the call until the next query sees them (commit + the live index's refresh),
+    and how many of the first 200 are their own first result."""
+    began = time.perf_counter()
+    ids = write(store, item_ids, partitions, features, codes)
+    committed = time.perf_counter()
+    index.refresh()
+    report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
+    found = index.search(rotation.project(features[:200]), features[:200], 10).image_ids[:, 0]
+    report["found_first_of_200"] = float(np.mean(found == ids[:200]))
+    return report
+
+
+def timed_removes(store: MetadataStore, index: LiveIndex, rotation: ITQ, item_ids: list[str], image_ids: np.ndarray,
+                  probes: np.ndarray, shortlist: int) -> dict:
+    """Removes from the call until the next query sees them, their images found in the
+    results of `probes` (should be none), and when the background sweep of their rows ended."""
+    began = time.perf_counter()
+    with store.transaction():
+        store.delete_items(item_ids)
+    committed = time.perf_counter()
+    index.refresh()
+    report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
+    hits = index.search(rotation.project(probes), probes, shortlist).image_ids
+    report["removed_in_results"] = int(np.isin(hits, image_ids).sum())
+    report["image_rows_swept_s"] = round(swept_after(store.path) - committed, 3)
+    return report
+
+
 def swept_after(path: Path) -> float:
     """When the background sweep has deleted every removed item's image rows (the timings
     below are taken after it, so it does not run under them)."""
@@ -257,24 +287,11 @@ def main() -> None:
 
     # --- live updates at this scale ------------------------------------------------------------------
     new_features, new_codes, new_parts = synthetic(real_features, real_parts, 10_000, noise, rotation, seed=9)
-    began = time.perf_counter()
-    new_ids = write(store, [f"new{i}" for i in range(10_000)], new_parts, new_features, new_codes)
-    committed = time.perf_counter()
-    index.refresh()  # from here on, every query sees the adds
-    report["add_10k"] = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
-    visible = index.search(rotation.project(new_features[:200]), new_features[:200], 10).image_ids[:, 0]
-    report["add_10k"]["found_first_of_200"] = float(np.mean(visible == new_ids[:200]))
+    report["add_10k"] = timed_adds(store, index, rotation, [f"new{i}" for i in range(10_000)], new_parts,
+                                   new_features, new_codes)
     gone = np.random.default_rng(5).choice(len(features), 10_000, replace=False)
-    began = time.perf_counter()
-    with store.transaction():
-        store.delete_items([f"v{i}" for i in gone])
-    committed = time.perf_counter()
-    index.refresh()
-    report["remove_10k"] = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
-    probes = np.concatenate([query_features, features[gone[:500]]])
-    hits = index.search(rotation.project(probes), probes, settings.shortlist).image_ids
-    report["remove_10k"]["removed_in_results"] = int(np.isin(hits, image_ids[gone]).sum())
-    report["remove_10k"]["image_rows_swept_s"] = round(swept_after(args.out / "meta.sqlite") - committed, 3)
+    report["remove_10k"] = timed_removes(store, index, rotation, [f"v{i}" for i in gone], image_ids[gone],
+                                         np.concatenate([query_features, features[gone[:500]]]), settings.shortlist)
     print("updates", report["add_10k"], report["remove_10k"])
 
     def one_query(q: int) -> float:

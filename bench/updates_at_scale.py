@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from index_scale import calibrated_noise, fitted_rotation, swept_after, synthetic, write
+from index_scale import calibrated_noise, fitted_rotation, synthetic, timed_adds, timed_removes
 from real_embeddings import load as load_vectors
 from snapshop.index.live import IndexParams, LiveIndex
 from snapshop.index.store import MetadataStore
@@ -50,27 +49,12 @@ def main() -> None:
     items = [item for item in store.item_ids() if item.startswith("v")]
     gone = list(np.random.default_rng(args.seed).choice(items, COUNT, replace=False))
     victims = store.vectors(store.images_of(gone))
-    began = time.perf_counter()
-    with store.transaction():
-        store.delete_items(gone)
-    committed = time.perf_counter()
-    index.refresh()
-    report["remove_10k"] = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
     probes = np.concatenate([queries["features"].astype(np.float32), victims.features[:500].astype(np.float32)])
-    hits = index.search(rotation.project(probes), probes, settings.shortlist).image_ids
-    report["remove_10k"]["removed_in_results"] = int(np.isin(hits, victims.image_ids).sum())
-    report["remove_10k"]["image_rows_swept_s"] = round(swept_after(args.index / "meta.sqlite") - committed, 3)
-
-    noise = calibrated_noise(real_features)
-    added, added_codes, added_parts = synthetic(real_features, catalog["categories"], COUNT, noise, rotation,
-                                                seed=1000 + args.seed)
-    began = time.perf_counter()
-    added_ids = write(store, [f"fresh{args.seed}-{i}" for i in range(COUNT)], added_parts, added, added_codes)
-    committed = time.perf_counter()
-    index.refresh()
-    report["add_10k"] = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
-    found = index.search(rotation.project(added[:200]), added[:200], 10).image_ids[:, 0]
-    report["add_10k"]["found_first_of_200"] = float(np.mean(found == added_ids[:200]))
+    report["remove_10k"] = timed_removes(store, index, rotation, gone, victims.image_ids, probes, settings.shortlist)
+    added, added_codes, added_parts = synthetic(real_features, catalog["categories"], COUNT,
+                                                calibrated_noise(real_features), rotation, seed=1000 + args.seed)
+    report["add_10k"] = timed_adds(store, index, rotation, [f"fresh{args.seed}-{i}" for i in range(COUNT)],
+                                   added_parts, added, added_codes)
     print(json.dumps(report, indent=2))
     (args.index.parent / f"updates_at_scale-{args.seed}.json").write_text(json.dumps(report, indent=2))
     index.close()
