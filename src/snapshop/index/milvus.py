@@ -52,6 +52,7 @@ from snapshop.models.projection import sign_code
 from snapshop.settings import Settings
 
 try:
+    import grpc
     from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, MilvusException, connections, utility
     from pymilvus.client.types import LoadState
 except ImportError:  # pragma: no cover - the message is the point
@@ -312,8 +313,9 @@ class MilvusIndex:
         with _milvus_errors(self.uri):
             try:
                 answer = search()
-            except MilvusException:
-                # A restarted server may still be loading the collection (or have released it):
+            except (MilvusException, grpc.RpcError):
+                # A restarted server may still be loading the collection (or have released it;
+                # its proxy then answers the search with a gRPC deadline error):
                 # load it (this waits until it is searchable) and ask once more.
                 if utility.load_state(self.collection.name, using=self._alias, timeout=self.timeout) == LoadState.Loaded:
                     raise
@@ -387,6 +389,8 @@ def _milvus_errors(uri: str) -> Iterator[None]:
         yield
     except MilvusException as exc:
         raise BackendError(f"Milvus at {uri}: {_reason(exc)}") from None
+    except grpc.RpcError as exc:
+        raise BackendError(f"Milvus at {uri}: {exc.code().name.lower()} ({exc.details()})") from None
 
 
 def _reason(exc: MilvusException) -> str:
