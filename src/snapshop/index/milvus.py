@@ -390,7 +390,8 @@ def _milvus_errors(uri: str) -> Iterator[None]:
     except MilvusException as exc:
         raise BackendError(f"Milvus at {uri}: {_reason(exc)}") from None
     except grpc.RpcError as exc:
-        raise BackendError(f"Milvus at {uri}: {exc.code().name.lower()} ({exc.details()})") from None
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        raise BackendError(f"Milvus at {uri}: {' '.join(str(details).split())}") from None
 
 
 def _reason(exc: MilvusException) -> str:
