@@ -415,18 +415,22 @@ def test_index_folder_lock_is_exclusive(tmp_path):
                 pass
 
 
+def _wait_until(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def test_committed_writes_reach_the_database_file_in_the_background(tmp_path):
-    """COMMIT waits only for the WAL; the checkpointer thread copies the frames into the file after."""
+    """COMMIT waits only for the WAL; the upkeep thread copies the frames into the file after."""
     store = MetadataStore(tmp_path / "meta.sqlite")
     try:
         before = (tmp_path / "meta.sqlite").stat().st_size
         with store.transaction():
             store.upsert_items([NewItem(f"item{i}", "a", {"title": "x" * 2000}, []) for i in range(500)])
-        waited = 0.0
-        while (tmp_path / "meta.sqlite").stat().st_size <= before + 500 * 2000 and waited < 20:
-            time.sleep(0.05)
-            waited += 0.05
-        assert (tmp_path / "meta.sqlite").stat().st_size > before + 500 * 2000, "nothing was checkpointed"
+        assert _wait_until(lambda: (tmp_path / "meta.sqlite").stat().st_size > before + 500 * 2000), \
+            "nothing was checkpointed"
         assert len(store.item_ids()) == 500
     finally:
         store.close()
@@ -438,15 +442,8 @@ def _raw_image_rows(path) -> int:
         return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
 
-def _wait_until(condition, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
 def test_a_removed_items_images_vanish_at_once_and_their_rows_are_swept_after_the_commit(synthetic):
-    index, ids, _, codes, _ = synthetic(n=40)
+    index, *_ = synthetic(n=40)
     path = index.folder / "meta.sqlite"
     index.remove([f"item{i}" for i in range(10)])
     gone = {f"item{i}" for i in range(10)}
@@ -459,7 +456,7 @@ def test_a_removed_items_images_vanish_at_once_and_their_rows_are_swept_after_th
 
 
 def test_an_item_added_again_before_the_sweep_keeps_only_its_new_images(synthetic, monkeypatch):
-    index, ids, labels, codes, features = synthetic(n=20)
+    index, _, labels, codes, features = synthetic(n=20)
     path = index.folder / "meta.sqlite"
     monkeypatch.setattr(type(index.store._upkeep), "_sweep", lambda self, db: None)
     index.remove(["item3"])

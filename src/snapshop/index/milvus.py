@@ -387,15 +387,14 @@ def _milvus_errors(uri: str) -> Iterator[None]:
     """A refused or failed Milvus request as one line for the user."""
     try:
         yield
-    except MilvusException as exc:
+    except (MilvusException, grpc.RpcError) as exc:
         raise BackendError(f"Milvus at {uri}: {_reason(exc)}") from None
-    except grpc.RpcError as exc:
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        raise BackendError(f"Milvus at {uri}: {' '.join(str(details).split())}") from None
 
 
-def _reason(exc: MilvusException) -> str:
-    return " ".join(str(getattr(exc, "message", exc) or exc).split())
+def _reason(exc: Exception) -> str:
+    """The message of a Milvus error (or of a gRPC call's error), on one line."""
+    message = exc.details() if isinstance(exc, grpc.Call) else getattr(exc, "message", exc)
+    return " ".join(str(message or exc).split())
 
 
 @contextmanager
