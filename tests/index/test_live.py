@@ -471,3 +471,23 @@ def test_an_item_added_again_before_the_sweep_keeps_only_its_new_images(syntheti
         index.store.delete_items(["item4"])
     assert _wait_until(lambda: _raw_image_rows(path) == 19)
     assert [image_id for image_id, item, _ in index.store.image_rows() if item == "item3"] == new_ids.tolist()
+
+
+def test_images_still_to_encode_are_counted_from_their_own_index(tmp_path):
+    """`counts()` runs after every add: at 1M images a scan of the table took 0.6 s."""
+    store = MetadataStore(tmp_path / "meta.sqlite")
+    try:
+        descriptor = np.ones(8, np.float32)
+        with store.transaction():
+            image_ids = store.upsert_items([
+                NewItem(f"item{i}", "a", {}, [NewImage(f"item{i}", f"item{i}.png", [0, 0, 1, 1], descriptor)] * 2)
+                for i in range(5)])
+            encoded = np.array(image_ids[0] + image_ids[1])
+            store.set_vectors(encoded, np.ones((4, 4), np.float32), np.zeros((4, 8), np.uint8))
+            store.delete_items(["item1", "item2"])
+        assert store.counts() == {"items": 3, "images": 6, "pending": 4}
+        plan = " ".join(row[3] for row in store._read.execute(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM images WHERE code IS NULL"))
+        assert "pending_images" in plan, plan
+    finally:
+        store.close()

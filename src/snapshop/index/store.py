@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS images (
     code       BLOB
 );
 CREATE INDEX IF NOT EXISTS images_by_item ON images(item_id);
+CREATE INDEX IF NOT EXISTS pending_images ON images(item_id) WHERE code IS NULL;  -- images still to encode
 CREATE TABLE IF NOT EXISTS unswept_items (
     item_id TEXT PRIMARY KEY
 ) WITHOUT ROWID;
