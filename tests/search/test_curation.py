@@ -136,3 +136,61 @@ def test_an_unreliable_calibration_is_not_used(writer, make_settings):
     engine = Engine.open(writer.folder.path, make_settings())
     assert engine.match_threshold is None and engine.stats()["no_match"]["used"] is False
     engine.close()
+
+
+def _calibrate(engine: Engine, *, learned: bool, view_noise: float, seed: int = 0) -> dict:
+    """Fit the no-match threshold on made-up descriptors: 40 products of two near-identical
+    images each, and one view per image, `view_noise` away from it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from snapshop.models.encoder import Codec
+
+    rng = np.random.default_rng(seed)
+    products = np.repeat(np.arange(40), 2)
+    looks = rng.standard_normal((40, 64))
+    descriptors = looks[products] + 0.05 * rng.standard_normal((80, 64))
+    shown = descriptors + view_noise * rng.standard_normal((80, 64))
+    views = SimpleNamespace(rows=np.arange(80), found=SimpleNamespace(pooled=shown), truth=SimpleNamespace(pooled=shown))
+    pairs = (descriptors, shown) if learned else None
+    engine.codec = Codec.fit(descriptors, dim=32, bits=32, source="test", pairs=pairs)
+    with engine.store.transaction():
+        engine._fit_match_threshold(descriptors, products, views)
+    return engine.store.fitted("match")[1] | {"true": (engine.codec.projection.transform(shown)
+                                                        * engine.codec.projection.transform(descriptors)).sum(1)}
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_the_no_match_threshold_sits_between_true_matches_and_strangers(writer, learned):
+    """An item's other image is not a stranger: counting it as one would put the threshold
+    above the true matches."""
+    info = _calibrate(writer, learned=learned, view_noise=0.3)
+    assert info["true_first"] >= 0.9 * info["fitted_on"]
+    assert info["false_median"] < info["threshold"] < info["true_median"]
+    assert info["balanced_accuracy"] >= 0.95
+    assert (info["true"] >= info["threshold"]).mean() >= 0.9
+
+
+def test_too_few_true_first_results_fit_no_threshold(writer, make_settings):
+    """Views too far from their images to find them: no threshold is fitted, none is used."""
+    info = _calibrate(writer, learned=False, view_noise=30.0)
+    assert info["true_first"] < 20 and info["threshold"] is None
+    engine = Engine.open(writer.folder.path, make_settings())
+    assert engine.match_threshold is None and engine.stats()["no_match"]["used"] is False
+    engine.close()
+
+
+def test_eval_judges_the_no_match_marks_as_if_the_true_product_were_not_indexed():
+    from snapshop.search.evaluate import _judge_no_match
+    from snapshop.search.results import Hit, SearchResult
+
+    def result(*hits):
+        return SearchResult("q", results=[Hit(item, score, "x.png", None, also=also, close=close)
+                                          for item, score, also, close in hits], match="close")
+
+    right, absent = [], []
+    _judge_no_match(result(("a", 0.9, [], True), ("b", 0.4, [], False)), "a", 1, right, absent)
+    _judge_no_match(result(("b", 0.8, ["a"], True), ("c", 0.7, [], True)), "a", 1, right, absent)  # a folded into b
+    _judge_no_match(result(("c", 0.6, [], False), ("a", 0.5, [], False)), "a", 2, right, absent)
+    assert right == [True, True] and absent == [True, False, True]

@@ -62,16 +62,23 @@ class LearnedWhitening(PCAWhitening):
             raise ValueError("LearnedWhitening.fit needs matching pairs")
         data = np.asarray(descriptors, np.float64)
         self.mean_ = data.mean(axis=0)
-        _, _, axes = np.linalg.svd(data - self.mean_, full_matrices=False)
-        reduce = axes[: min(self.pre_dim, len(axes))].T
-        differences = (np.asarray(pairs[0], np.float64) - np.asarray(pairs[1], np.float64)) @ reduce
+        _, singular, axes = np.linalg.svd(data - self.mean_, full_matrices=False)
+        kept = min(self.pre_dim, len(axes))
+        self.reduce_ = axes[:kept].T
+        self.spread_ = singular[:kept] ** 2  # the descriptors' scatter along each reduced axis
+        return self.refit(pairs)
+
+    def refit(self, pairs: tuple[np.ndarray, np.ndarray]) -> "LearnedWhitening":
+        """Learn from other matching pairs, keeping the PCA of the descriptors (the costly part)."""
+        differences = (np.asarray(pairs[0], np.float64) - np.asarray(pairs[1], np.float64)) @ self.reduce_
         within = differences.T @ differences / len(differences)
         within += self.shrinkage * np.trace(within) / len(within) * np.eye(len(within))
         values, vectors = np.linalg.eigh(within)
         whiten = vectors / np.sqrt(values)
-        spread = (data - self.mean_) @ reduce @ whiten
-        _, _, between = np.linalg.svd(spread, full_matrices=False)
-        self.components_ = (reduce @ whiten @ between[: min(self.dim, len(between))].T).astype(np.float32)
+        # The reduced descriptors are uncorrelated, so the whitened ones scatter as W' diag(spread) W.
+        scatter, between = np.linalg.eigh(whiten.T @ (self.spread_[:, None] * whiten))
+        strongest = np.argsort(-scatter)[: self.dim]
+        self.components_ = (self.reduce_ @ whiten @ between[:, strongest]).astype(np.float32)
         return self
 
 

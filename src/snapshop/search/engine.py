@@ -13,6 +13,7 @@ change log, which is also how other processes' writes reach this one before each
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -45,7 +46,7 @@ from snapshop.models.augment import is_clean_shot
 from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, crop, generic_descriptors
 from snapshop.models.fitting import CatalogViews, describe_views
 from snapshop.models.localize import Box, ObjectnessModel
-from snapshop.models.projection import load_arrays, save_arrays
+from snapshop.models.projection import LearnedWhitening, load_arrays, save_arrays
 from snapshop.search.results import CategoryScore, Hit, Query, SearchResult
 from snapshop.settings import Settings
 
@@ -63,6 +64,9 @@ SAME_IMAGE_COSINE = 0.99  # two images of one item this close are stored once
 DUPLICATE_NEIGHBOURS = 3  # nearest images of each new image checked for being identical items
 CURATION_POOL = 5  # candidate items curated per result asked for
 MIN_MATCH_SEPARATION = 0.75  # a no-match threshold separating true from false matches worse than this is not used
+MATCH_FOLDS = 5  # the no-match calibration scores each view with a projection fitted without it
+MIN_MATCH_EXAMPLES = 20  # true and false first results needed to fit the no-match threshold
+SIMILARITY_BLOCK = 1 << 24  # view x catalog cosines computed at once
 
 
 @dataclass
@@ -324,7 +328,7 @@ class Engine:
         self.store.set_vectors(ids, *self.codec.encode(descriptors), reset=True)
         self._fit_category_model(descriptors, np.asarray(categories), views)
         if views is not None:
-            self._fit_match_threshold(descriptors, views)
+            self._fit_match_threshold(descriptors, self._image_products(ids), views)
 
     def _catalog_views(self, ids: np.ndarray, *, progress: bool) -> CatalogViews | None:
         """Synthetic views of a sample of catalog images (whose files can still be read)."""
@@ -350,10 +354,8 @@ class Engine:
             return Codec.unprojected(descriptors, bits=bits, source="trained embedding")
         if len(descriptors) >= max(self.settings.min_fit_images, 2 * dim):
             if views is not None and self.settings.whitening == "learned":
-                # Each catalog image matches its view twice: on the true box and on the box found.
-                pairs = (descriptors[np.concatenate([views.rows, views.rows])],
-                         np.concatenate([views.truth.pooled, views.found.pooled]))
-                return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog, learned whitening", pairs=pairs)
+                return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog, learned whitening",
+                                 pairs=_view_pairs(descriptors, views))
             return Codec.fit(descriptors, dim=dim, bits=bits, source="catalog")
         log.info("catalog of %d images is too small to fit the projection; using the generic image set", len(descriptors))
         generic = generic_descriptors(self.encoder, default_cache_dir())
@@ -426,28 +428,44 @@ class Engine:
         return (arrays["layouts"][known].astype(np.float32),
                 np.searchsorted(classes, arrays["labels"][known]))
 
-    def _fit_match_threshold(self, descriptors: np.ndarray, views: CatalogViews) -> None:
-        """The cosine that best separates true matches from the nearest strangers, on synthetic
-        views: each view's found-box crop against its own catalog image (true) and against the
-        best other catalog image (false); the threshold maximises balanced accuracy."""
-        catalog = self.codec.encode(descriptors)[0]
-        queries = self.codec.encode(views.found.pooled)[0]
-        true, false = np.empty(len(queries)), np.empty(len(queries))
-        for start in range(0, len(queries), 256):
-            sims = queries[start : start + 256] @ catalog.T
-            own = views.rows[start : start + 256]
-            true[start : start + 256] = sims[np.arange(len(own)), own]
-            sims[np.arange(len(own)), own] = -np.inf
-            false[start : start + 256] = sims.max(axis=1)
-        candidates = np.unique(np.concatenate([true, false]))
-        balanced = [((true >= t).mean() + (false < t).mean()) / 2 for t in candidates]
-        best = int(np.argmax(balanced))
-        info = {"threshold": float(candidates[best]), "balanced_accuracy": float(balanced[best]),
-                "true_median": float(np.median(true)), "false_median": float(np.median(false)),
-                "fitted_on": len(queries)}
+    def _image_products(self, ids: np.ndarray) -> np.ndarray:
+        """The product (group id, else item id) each image shows, as a number per image."""
+        info = self.store.image_info(ids)
+        return np.unique([info[int(image_id)].group for image_id in ids], return_inverse=True)[1]
+
+    def _fit_match_threshold(self, descriptors: np.ndarray, products: np.ndarray, views: CatalogViews) -> None:
+        """The first-result cosine that tells a close match from a stranger, on synthetic views.
+
+        A query whose product is in the catalog and comes first is a true match (its first
+        score); a query whose product is not in the catalog gets the best image of another
+        product first (each view's best other-product score). Each view is scored with a
+        projection fitted without it (`MATCH_FOLDS`-fold), as a shopper's photo is; the
+        threshold maximises balanced accuracy."""
+        fold = np.random.default_rng(1).integers(MATCH_FOLDS, size=len(descriptors))[views.rows]
+        own, other = np.empty(len(views.rows)), np.empty(len(views.rows))
+        for k in range(MATCH_FOLDS):
+            scored = np.flatnonzero(fold == k)
+            projection = self.codec.projection
+            if isinstance(projection, LearnedWhitening):  # the only projection fitted on views
+                projection = copy.copy(projection).refit(_view_pairs(descriptors, views, keep=fold != k))
+            catalog = projection.transform(descriptors)
+            block = max(1, SIMILARITY_BLOCK // len(catalog))
+            for start in range(0, len(scored), block):
+                rows = scored[start : start + block]
+                sims = projection.transform(views.found.pooled[rows]) @ catalog.T
+                same = products[None, :] == products[views.rows[rows], None]
+                own[rows] = np.where(same, sims, -np.inf).max(axis=1)
+                other[rows] = np.where(same, -np.inf, sims).max(axis=1)
+        true, false = own[own > other], other
+        info = {"threshold": None, "balanced_accuracy": None, "true_first": len(true), "fitted_on": len(own)}
+        if len(true) >= MIN_MATCH_EXAMPLES and len(false) >= MIN_MATCH_EXAMPLES:
+            candidates = np.unique(np.concatenate([true, false]))
+            balanced = [((true >= t).mean() + (false < t).mean()) / 2 for t in candidates]
+            best = int(np.argmax(balanced))
+            info.update(threshold=float(candidates[best]), balanced_accuracy=float(balanced[best]),
+                        true_median=float(np.median(true)), false_median=float(np.median(false)))
         self.store.save_fitted("match", save_arrays(), info)
-        log.info("no-match threshold %.3f (balanced accuracy %.3f on %d synthetic views)",
-                 info["threshold"], info["balanced_accuracy"], len(queries))
+        log.info("no-match calibration on %d synthetic views: %s", len(own), info)
 
     def _relocate_scenes(self, *, progress: bool) -> dict[int, int]:
         """Locate and describe again, with the objectness model just fitted, the catalog photos
@@ -517,7 +535,7 @@ class Engine:
             self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
             self.category_model = _category_model(self.store.fitted("category"))
             match_info = self.store.fitted("match")
-            trusted = match_info and match_info[1]["balanced_accuracy"] >= MIN_MATCH_SEPARATION
+            trusted = match_info and (match_info[1].get("balanced_accuracy") or 0.0) >= MIN_MATCH_SEPARATION
             self.match_threshold = float(match_info[1]["threshold"]) if trusted else None
             self.encoder.objectness = _objectness_model(self.store.fitted("click_objectness")
                                                         or self.store.fitted("objectness"))
@@ -879,6 +897,16 @@ def _given_box(box: list[int], image: Image.Image) -> Box:
     if not (0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height):
         raise SnapshopError(f"box {box} is not inside the {image.width}x{image.height} image")
     return Box(x0, y0, x1, y1, 1.0)
+
+
+def _view_pairs(descriptors: np.ndarray, views: CatalogViews,
+                keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Matching pairs for learned whitening: each catalog image with its views (those `keep`
+    marks), twice: on the view's true box and on the box found."""
+    keep = np.ones(len(views.rows), bool) if keep is None else keep
+    rows = views.rows[keep]
+    return (descriptors[np.concatenate([rows, rows])],
+            np.concatenate([views.truth.pooled[keep], views.found.pooled[keep]]))
 
 
 def _layout_examples(views: CatalogViews, chosen: np.ndarray, shown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

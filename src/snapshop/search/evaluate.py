@@ -82,6 +82,8 @@ def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> t
     records: list[dict[str, Any]] = []
     duplicate_rates: list[float] = []
     no_match: list[bool] = []
+    close_when_right: list[bool] = []  # a right first result marked a close match
+    none_when_absent: list[bool] = []  # the first other product marked not close
     categories: list[tuple[str, str]] = []  # (true, predicted)
     ious: list[float] = []
     stage_ms: dict[str, float] = defaultdict(float)
@@ -98,6 +100,7 @@ def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> t
             duplicate_rates.append(_duplicate_rate(result.results[: max(CUTOFFS)]))
             if result.match is not None:
                 no_match.append(result.match == "none")
+                _judge_no_match(result, query["item_id"], ranks[-1], close_when_right, none_when_absent)
             if query.get("category") is not None and result.category is not None:
                 categories.append((str(query["category"]), result.category.name))
             if query.get("box") and result.boxes:
@@ -111,12 +114,25 @@ def _evaluate_pipeline(engine: Engine, queries: list[dict], progress: bool) -> t
         box_iou=_mean(ious),
         duplicate_rate=_mean(duplicate_rates),
         no_match_rate=_mean(no_match),
+        close_when_right=_mean(close_when_right),
+        none_when_absent=_mean(none_when_absent),
         errors=errors,
         ms_per_query={stage: round(ms / valid, 2) for stage, ms in stage_ms.items()},
         per_category=_per_category(ranks, queries),
         confusion=_confusion(categories),
     )
     return metrics, records
+
+
+def _judge_no_match(result: SearchResult, item_id: str, rank: int | None, close_when_right: list[bool],
+                    none_when_absent: list[bool]) -> None:
+    """How the no-match marks serve this query: a right first result should be close; the first
+    result of another product (what comes first were the true one not indexed) should not."""
+    if rank == 1:
+        close_when_right.append(bool(result.results[0].close))
+    stranger = next((hit for hit in result.results if item_id not in {hit.item_id, *hit.also}), None)
+    if stranger is not None:
+        none_when_absent.append(not stranger.close)
 
 
 def _record(query: dict[str, Any], result: SearchResult, rank: int | None) -> dict[str, Any]:
@@ -226,7 +242,7 @@ def format_table(outcome: dict[str, Any]) -> str:
     """The pipeline and the baseline side by side, as plain text."""
     pipeline, baseline = outcome["pipeline"], outcome.get("baseline", {})
     names = [f"recall@{k}" for k in CUTOFFS] + ["mAP@10", "category_accuracy", "box_iou", "duplicate_rate",
-                                                 "no_match_rate"]
+                                                 "no_match_rate", "close_when_right", "none_when_absent"]
     lines = [f"{outcome['queries']} queries from {outcome['dataset']} against {outcome['index']['items']} items",
              f"{'metric':<20}{'pipeline':>10}{'baseline':>10}"]
     for name in names:
