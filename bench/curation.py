@@ -25,6 +25,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from snapshop.catalog.manifest import read_catalog
 from snapshop.datasets.planted import DUPLICATE_KINDS, LOW_QUALITY_KINDS, build_planted_catalog
 from snapshop.datasets.photos import read_jsonl
@@ -48,6 +50,26 @@ def detection(engine: Engine, rows: dict[str, dict]) -> dict:
             "recall": round(len(predicted & planted) / len(planted), 4), "planted_pairs": len(planted),
             "low_quality_twins_grouped": f"{len(predicted & twins)}/{len(twins)}",
             "missed": sorted(rows[a].get("planted") or rows[b].get("planted") for a, b in planted - predicted)}
+
+
+def no_match_check(records: list[dict], threshold: float | None) -> dict:
+    """The stored no-match threshold against the SIMULATED queries, used by the engine or not:
+    right first results kept close, and each query's first result of another product (what it
+    would show were its product not indexed) marked not close; and the threshold best for them."""
+    right = np.array([r["results"][0]["score"] for r in records if r["rank"] == 1])
+    firsts = (next((h["score"] for h in r["results"] if r["item_id"] not in {h["item_id"], *h["also"]}), None)
+              for r in records)
+    strangers = np.array([score for score in firsts if score is not None])
+
+    def judged(t: float) -> dict:
+        close, none = float((right >= t).mean()), float((strangers < t).mean())
+        return {"threshold": round(float(t), 4), "close_when_right": round(close, 4),
+                "none_when_absent": round(none, 4), "balanced_accuracy": round((close + none) / 2, 4)}
+
+    best = max((judged(t) for t in np.unique(np.concatenate([right, strangers]))),
+               key=lambda row: row["balanced_accuracy"])
+    return {"right_first": len(right), "strangers": len(strangers),
+            "at_stored": judged(threshold) if threshold is not None else None, "best_for_these_queries": best}
 
 
 def twin_order(index: Path, queries: Path, rows: dict[str, dict]) -> dict:
@@ -130,9 +152,13 @@ def main() -> None:
     engine.close()
     for name, overrides in (("curation on", {}), ("curation off", OFF)):
         engine = Engine.open(index, load_settings({"index": str(index), **overrides}))
-        metrics = evaluate(engine, queries, baseline=False, progress=True)["pipeline"]
+        outcome = evaluate(engine, queries, baseline=False, progress=True, details=True)
         engine.close()
-        report[name] = {key: metrics[key] for key in ("recall@1", "recall@10", "duplicate_rate", "no_match_rate")}
+        metrics = outcome["pipeline"]
+        if not overrides:
+            report["no_match_held_out"] = no_match_check(outcome["queries_detail"], report["no_match"]["threshold"])
+        report[name] = {key: metrics[key] for key in ("recall@1", "recall@10", "duplicate_rate", "no_match_rate",
+                                                      "close_when_right", "none_when_absent")}
         report[name]["ms_per_query"] = metrics["ms_per_query"]
         report[name]["top_10"] = duplicate_cards(index, queries, rows, overrides)
     report["twins"] = twin_order(index, queries, rows)
