@@ -460,7 +460,9 @@ class Engine:
         info = {"threshold": None, "balanced_accuracy": None, "true_first": len(true), "fitted_on": len(own)}
         if len(true) >= MIN_MATCH_EXAMPLES and len(false) >= MIN_MATCH_EXAMPLES:
             candidates = np.unique(np.concatenate([true, false]))
-            balanced = [((true >= t).mean() + (false < t).mean()) / 2 for t in candidates]
+            kept = 1 - np.searchsorted(np.sort(true), candidates) / len(true)  # true >= t
+            refused = np.searchsorted(np.sort(false), candidates) / len(false)  # false < t
+            balanced = (kept + refused) / 2
             best = int(np.argmax(balanced))
             info.update(threshold=float(candidates[best]), balanced_accuracy=float(balanced[best]),
                         true_median=float(np.median(true)), false_median=float(np.median(false)))
