@@ -30,7 +30,7 @@ import numpy as np
 from snapshop.catalog.manifest import read_catalog
 from snapshop.datasets.planted import DUPLICATE_KINDS, LOW_QUALITY_KINDS, build_planted_catalog
 from snapshop.datasets.photos import read_jsonl
-from snapshop.search.engine import Engine
+from snapshop.search.engine import Engine, threshold_sweep
 from snapshop.search.evaluate import evaluate, read_queries
 from snapshop.search.results import Query
 from snapshop.settings import load_settings
@@ -61,15 +61,16 @@ def no_match_check(records: list[dict], threshold: float | None) -> dict:
               for r in records)
     strangers = np.array([score for score in firsts if score is not None])
 
-    def judged(t: float) -> dict:
-        close, none = float((right >= t).mean()), float((strangers < t).mean())
-        return {"threshold": round(float(t), 4), "close_when_right": round(close, 4),
-                "none_when_absent": round(none, 4), "balanced_accuracy": round((close + none) / 2, 4)}
+    def judged(t: float, close: float, none: float) -> dict:
+        return {"threshold": round(float(t), 4), "close_when_right": round(float(close), 4),
+                "none_when_absent": round(float(none), 4), "balanced_accuracy": round(float(close + none) / 2, 4)}
 
-    best = max((judged(t) for t in np.unique(np.concatenate([right, strangers]))),
-               key=lambda row: row["balanced_accuracy"])
-    return {"right_first": len(right), "strangers": len(strangers),
-            "at_stored": judged(threshold) if threshold is not None else None, "best_for_these_queries": best}
+    candidates, close, none = threshold_sweep(right, strangers)
+    best = int(np.argmax(close + none))
+    stored = (judged(threshold, (right >= threshold).mean(), (strangers < threshold).mean())
+              if threshold is not None else None)
+    return {"right_first": len(right), "strangers": len(strangers), "at_stored": stored,
+            "best_for_these_queries": judged(candidates[best], close[best], none[best])}
 
 
 def twin_order(index: Path, queries: Path, rows: dict[str, dict]) -> dict:

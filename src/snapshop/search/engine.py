@@ -441,13 +441,14 @@ class Engine:
         product first (each view's best other-product score). Each view is scored with a
         projection fitted without it (`MATCH_FOLDS`-fold), as a shopper's photo is; the
         threshold maximises balanced accuracy."""
-        fold = np.random.default_rng(1).integers(MATCH_FOLDS, size=len(descriptors))[views.rows]
+        learned = isinstance(self.codec.projection, LearnedWhitening)  # the only projection fitted on views
+        fold = (np.random.default_rng(1).integers(MATCH_FOLDS, size=len(descriptors))[views.rows] if learned
+                else np.zeros(len(views.rows), int))  # any other has not seen the views: one pass
         own, other = np.empty(len(views.rows)), np.empty(len(views.rows))
-        for k in range(MATCH_FOLDS):
+        for k in np.unique(fold):
             scored = np.flatnonzero(fold == k)
-            projection = self.codec.projection
-            if isinstance(projection, LearnedWhitening):  # the only projection fitted on views
-                projection = copy.copy(projection).refit(_view_pairs(descriptors, views, keep=fold != k))
+            projection = (copy.copy(self.codec.projection).refit(_view_pairs(descriptors, views, keep=fold != k))
+                          if learned else self.codec.projection)
             catalog = projection.transform(descriptors)
             block = max(1, SIMILARITY_BLOCK // len(catalog))
             for start in range(0, len(scored), block):
@@ -459,9 +460,7 @@ class Engine:
         true, false = own[own > other], other
         info = {"threshold": None, "balanced_accuracy": None, "true_first": len(true), "fitted_on": len(own)}
         if len(true) >= MIN_MATCH_EXAMPLES and len(false) >= MIN_MATCH_EXAMPLES:
-            candidates = np.unique(np.concatenate([true, false]))
-            kept = 1 - np.searchsorted(np.sort(true), candidates) / len(true)  # true >= t
-            refused = np.searchsorted(np.sort(false), candidates) / len(false)  # false < t
+            candidates, kept, refused = threshold_sweep(true, false)
             balanced = (kept + refused) / 2
             best = int(np.argmax(balanced))
             info.update(threshold=float(candidates[best]), balanced_accuracy=float(balanced[best]),
@@ -899,6 +898,14 @@ def _given_box(box: list[int], image: Image.Image) -> Box:
     if not (0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height):
         raise SnapshopError(f"box {box} is not inside the {image.width}x{image.height} image")
     return Box(x0, y0, x1, y1, 1.0)
+
+
+def threshold_sweep(true: np.ndarray, false: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every score seen as a threshold t: (thresholds, share of `true` >= t, share of `false` < t)."""
+    candidates = np.unique(np.concatenate([true, false]))
+    kept = 1 - np.searchsorted(np.sort(true), candidates) / len(true)
+    refused = np.searchsorted(np.sort(false), candidates) / len(false)
+    return candidates, kept, refused
 
 
 def _view_pairs(descriptors: np.ndarray, views: CatalogViews,
