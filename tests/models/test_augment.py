@@ -107,6 +107,12 @@ def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone, draw_pr
     learned = mean_iou()
     assert learned > 0.4 and learned > scda + 0.05
 
+    # An index whose box was learned from clicks keeps that model: the views are boxed by it, none is fitted.
+    kept = describe_views(encoder, catalog * 3, np.arange(36), seed=1, fit_objectness=False)
+    assert kept.objectness is None
+    assert np.array_equal(kept.truth.pooled, views.truth.pooled)  # the same views
+    assert not np.allclose(kept.found.pooled, views.found.pooled)  # boxed by the encoder's model, not SCDA
+
 
 def test_several_views_per_image_describe_each_catalog_image_once(backbone, draw_product):
     encoder = ImageEncoder(backbone, pooling="gem", detect_size=448, box_threshold=0.5)

@@ -49,6 +49,17 @@ def test_an_identical_item_joins_the_group_in_the_same_add(writer, resold, tmp_p
     assert writer.item("circle-1-resold")["group"] == "circle-1"
 
 
+def test_identical_items_already_known_are_linked_as_given_without_checking_images(writer, catalog, tmp_path):
+    """What `snapshop train` does when it embeds the catalog again with a new model: the links the
+    source version verified on the same images are copied; links to items not held are dropped."""
+    relisted = write_manifest(tmp_path / "relisted.jsonl", [
+        {"item_id": "square-3-relisted", "image": str(catalog.image("square-3")), "category": "squares"}])
+    writer.add(relisted, identical=[("square-3-relisted", "circle-1", {"copied": True}),
+                                    ("square-3-relisted", "no-such-item", {})])
+    assert groups(writer) == {"circle-1": ["circle-1", "square-3-relisted"]}  # square-3 itself: not checked
+    assert writer.store.duplicate_links() == [("circle-1", "square-3-relisted", {"copied": True})]
+
+
 def test_removing_a_member_leaves_the_group_correct(writer, resold, tmp_path):
     writer.add(write_manifest(tmp_path / "resold.jsonl", [
         {"item_id": "circle-1-resold", "image": str(resold["jpeg"]), "category": "circles"}]))

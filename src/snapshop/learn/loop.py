@@ -80,7 +80,8 @@ def train_from_clicks(settings: Settings, click_log: Path, *, config: TrainConfi
             trained.set_click_examples(result.category_layouts, result.category_labels)
         if learned_box is not None:
             trained.set_click_objectness(*learned_box)
-        trained.add(Catalog(click_log, catalog_rows(engine), []), progress=progress)
+        trained.add(Catalog(click_log, catalog_rows(engine), []), progress=progress,
+                    identical=engine.store.duplicate_links())  # the same images: no need to check them again
         sync_version(engine, trained, progress=progress)  # writes that landed before the lock was taken
         activate = switch == "always" or (switch == "better" and improved)
         if activate:

@@ -45,9 +45,11 @@ class CatalogViews:
 
 
 def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: np.ndarray, *, seed: int = 0,
-                   views_per_image: int = 1, progress: bool = False) -> CatalogViews:
+                   views_per_image: int = 1, fit_objectness: bool = True, progress: bool = False) -> CatalogViews:
     """`views_per_image` synthetic views per image (each catalog image described once, its
-    description repeated per view): objectness statistics and descriptions of product crops."""
+    description repeated per view): objectness statistics and descriptions of product crops.
+    Without `fit_objectness`, the views are boxed by the encoder's own objectness model (one
+    learned from clicks, which views do not replace) and none is fitted."""
     rng = np.random.default_rng(seed)
     scenes = generic_photos()
     objectness = ObjectnessModel()
@@ -56,15 +58,16 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
         batch = images[start : start + BATCH]
         views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng)
                  for image in batch for _ in range(views_per_image)]
-        sources = [image for image in batch for _ in range(views_per_image)]
         maps = encoder.backbone.feature_maps([view.image for view in views], encoder.detect_size)
         # Boxes from the model fitted on the views before this batch: out of sample, as for a query.
-        current = objectness if objectness.can_solve else encoder.objectness
+        current = objectness if fit_objectness and objectness.can_solve else encoder.objectness
         found = [_main_box(current, m, view.image.size) for m, view in zip(maps, views)]
-        clean = [i for i, image in enumerate(sources) if is_clean_shot(image)]  # a product's true silhouette
-        objectness.partial_fit(maps[clean], [views[i].mask for i in clean])
-        if objectness.can_solve:
-            objectness.solve()
+        if fit_objectness:
+            sources = [image for image in batch for _ in range(views_per_image)]
+            clean = [i for i, image in enumerate(sources) if is_clean_shot(image)]  # a product's true silhouette
+            objectness.partial_fit(maps[clean], [views[i].mask for i in clean])
+            if objectness.can_solve:
+                objectness.solve()
         parts["truth"].append(encoder.describe_regions(
             [crop(view.image, jitter_box(view.box, view.image.size, rng)) for view in views]))
         parts["found"].append(encoder.describe_regions([crop(view.image, box) for view, box in zip(views, found)]))

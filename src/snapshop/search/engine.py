@@ -183,9 +183,12 @@ class Engine:
 
     # --- writes --------------------------------------------------------------------------
 
-    def add(self, catalog: Catalog, *, progress: bool = False, embed: "Embedder | None" = None) -> AddReport:
+    def add(self, catalog: Catalog, *, progress: bool = False, embed: "Embedder | None" = None,
+            identical: Sequence[tuple[str, str, dict]] | None = None) -> AddReport:
         """Upsert every item of a catalog. Bad rows are reported and skipped; nothing indexed is lost.
-        `embed` computes the rows' images (default: `embed_rows` here; `catalog.distributed` on Ray)."""
+        `embed` computes the rows' images (default: `embed_rows` here; `catalog.distributed` on Ray).
+        `identical`: identical-item links already verified on these images (another model version
+        of this index holds them), stored as they are instead of checking the images again."""
         report = AddReport(errors=list(catalog.errors))
         rows_by_item: dict[str, list[CatalogRow]] = defaultdict(list)
         for row in catalog.rows:
@@ -197,8 +200,11 @@ class Engine:
                     self._add_items(chunk, report, embed or self.embed_rows)
                     self._refresh()
                     bar.update(sum(len(rows) for rows in chunk))
+            if identical is not None:  # before the refit: its no-match calibration counts a group as one product
+                self._save_links(list(identical), report.written, formerly_linked)
             self._refit_if_due(progress=progress)
-            self._group_duplicates(report.written, formerly_linked, progress=progress)
+            if identical is None:
+                self._group_duplicates(report.written, formerly_linked, progress=progress)
         self._compact_when_due()
         return report
 
@@ -344,7 +350,8 @@ class Engine:
                 log.info("no synthetic view of image %d: %s", ids[row], exc)
         if len(images) < MIN_VIEWS:
             return None
-        return describe_views(self.encoder, images, np.array(rows), views_per_image=VIEWS_PER_IMAGE, progress=progress)
+        return describe_views(self.encoder, images, np.array(rows), views_per_image=VIEWS_PER_IMAGE,
+                              fit_objectness=self.store.fitted("click_objectness") is None, progress=progress)
 
     def _fit_codec(self, descriptors: np.ndarray, views: CatalogViews | None) -> Codec:
         dim, bits = self.manifest.dim, self.manifest.bits
@@ -523,9 +530,16 @@ class Engine:
                                            float(cosine))
                     if check.same:
                         links.append((mine.item_id, other.item_id, check.to_json()))
+        self._save_links(links, item_ids, formerly_linked)
+
+    def _save_links(self, links: list[tuple[str, str, dict]], item_ids: list[str], formerly_linked: set[str]) -> None:
+        """Store the links touching the written items (between items indexed here); regroup everything touched."""
+        written = set(item_ids)
+        held = self.store.existing_items({item for a, b, _ in links for item in (a, b)})
         with self.store.transaction():
-            self.store.link_duplicates(links)
-            self.store.regroup(set(item_ids) | formerly_linked)
+            self.store.link_duplicates([(a, b, evidence) for a, b, evidence in links
+                                        if (a in written or b in written) and a in held and b in held])
+            self.store.regroup(written | formerly_linked)
 
     # --- reading state -------------------------------------------------------------------
 
