@@ -109,6 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("colour_weight", 0.0, "Score added per unit of colour shared with the query's product (0: off).", float,
             minimum=0, maximum=1),
     Setting("no_match", True, "Mark results under the calibrated score threshold; say when none is close.", _boolean),
+    Setting("no_match_keep", 0.95, "Share of true matches (synthetic views) the no-match threshold keeps close.",
+            float, minimum=0.5, maximum=1),
     Setting("duplicate_accept", 0.97, "Cosine from which two items are identical without further checks.", float,
             minimum=0, maximum=1),
     Setting("duplicate_candidate", 0.4, "Cosine from which two items are checked geometrically for being identical.",

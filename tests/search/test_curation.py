@@ -10,7 +10,7 @@ from PIL import ImageFilter
 
 from snapshop.catalog.manifest import Catalog, read_catalog
 from snapshop.errors import SnapshopError
-from snapshop.search.engine import Engine
+from snapshop.search.engine import Engine, no_match_point
 from snapshop.search.results import Query
 
 
@@ -124,10 +124,12 @@ def test_the_same_image_twice_in_one_item_is_stored_once(writer, catalog, tmp_pa
 def test_a_query_with_nothing_above_the_threshold_says_no_close_match(writer, catalog, make_settings, tmp_path):
     from PIL import Image
 
+    import numpy as np
+
     from snapshop.models.projection import save_arrays
 
     with writer.store.transaction():  # a calibration that separates well, with a threshold no result reaches
-        writer.store.save_fitted("match", save_arrays(), {"threshold": 0.999, "balanced_accuracy": 0.9})
+        writer.store.save_fitted("match", save_arrays(true=np.full(50, 0.999), false=np.full(50, 0.1)), {})
     noise = tmp_path / "noise.png"
     Image.effect_noise((300, 300), 90).convert("RGB").save(noise)
     engine = Engine.open(writer.folder.path, make_settings())
@@ -140,13 +142,39 @@ def test_a_query_with_nothing_above_the_threshold_says_no_close_match(writer, ca
 
 
 def test_an_unreliable_calibration_is_not_used(writer, make_settings):
+    """True matches and strangers scoring alike: the threshold keeping 95% of true matches
+    marks only 5% of strangers, no more often than true matches, so it is not used."""
+    import numpy as np
+
     from snapshop.models.projection import save_arrays
 
+    alike = np.linspace(0, 1, 200)
     with writer.store.transaction():
-        writer.store.save_fitted("match", save_arrays(), {"threshold": 0.5, "balanced_accuracy": 0.6})
+        writer.store.save_fitted("match", save_arrays(true=alike, false=alike), {})
     engine = Engine.open(writer.folder.path, make_settings())
     assert engine.match_threshold is None and engine.stats()["no_match"]["used"] is False
+    assert engine.stats()["no_match"]["none_when_absent"] < 0.1
     engine.close()
+
+
+def test_the_no_match_threshold_keeps_the_share_of_true_matches_asked_for(writer, make_settings):
+    """The threshold is chosen from the stored calibration at load: a setting, no refit."""
+    import numpy as np
+
+    from snapshop.models.projection import save_arrays
+
+    rng = np.random.default_rng(0)
+    true, false = rng.normal(0.6, 0.1, 1000), rng.normal(0.3, 0.1, 1000)
+    with writer.store.transaction():
+        writer.store.save_fitted("match", save_arrays(true=true, false=false), {})
+    for keep in (0.8, 0.95, 0.99):
+        engine = Engine.open(writer.folder.path, make_settings(no_match_keep=keep))
+        point = engine.stats()["no_match"]
+        engine.close()
+        assert point["used"] and engine.match_threshold == point["threshold"]
+        assert keep <= (true >= point["threshold"]).mean() < keep + 0.01
+        assert point["none_when_absent"] == pytest.approx((false < point["threshold"]).mean(), abs=1e-3)
+    assert 0.5 < point["none_when_absent"] < 0.95  # at 0.99 kept, the overlap costs strangers marked
 
 
 def _calibrate(engine: Engine, *, learned: bool, view_noise: float, seed: int = 0) -> dict:
@@ -168,8 +196,9 @@ def _calibrate(engine: Engine, *, learned: bool, view_noise: float, seed: int = 
     engine.codec = Codec.fit(descriptors, dim=32, bits=32, source="test", pairs=pairs)
     with engine.store.transaction():
         engine._fit_match_threshold(descriptors, products, views)
-    return engine.store.fitted("match")[1] | {"true": (engine.codec.projection.transform(shown)
-                                                        * engine.codec.projection.transform(descriptors)).sum(1)}
+    match = engine.store.fitted("match")
+    return match[1] | no_match_point(match, keep=0.95) | {
+        "true": (engine.codec.projection.transform(shown) * engine.codec.projection.transform(descriptors)).sum(1)}
 
 
 @pytest.mark.parametrize("learned", [False, True])
@@ -179,14 +208,14 @@ def test_the_no_match_threshold_sits_between_true_matches_and_strangers(writer, 
     info = _calibrate(writer, learned=learned, view_noise=0.3)
     assert info["true_first"] >= 0.9 * info["fitted_on"]
     assert info["false_median"] < info["threshold"] < info["true_median"]
-    assert info["balanced_accuracy"] >= 0.95
+    assert info["close_when_right"] >= 0.95 and info["none_when_absent"] >= 0.9 and info["used"]
     assert (info["true"] >= info["threshold"]).mean() >= 0.9
 
 
 def test_too_few_true_first_results_fit_no_threshold(writer, make_settings):
     """Views too far from their images to find them: no threshold is fitted, none is used."""
     info = _calibrate(writer, learned=False, view_noise=30.0)
-    assert info["true_first"] < 20 and info["threshold"] is None
+    assert info["true_first"] < 20 and info["threshold"] is None and not info["used"]
     engine = Engine.open(writer.folder.path, make_settings())
     assert engine.match_threshold is None and engine.stats()["no_match"]["used"] is False
     engine.close()

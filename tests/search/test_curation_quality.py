@@ -78,4 +78,4 @@ def test_curation_removes_duplicate_cards_without_losing_recall(planted):
 def test_stats_report_groups_and_the_no_match_calibration(planted):
     stats = planted["stats"]
     assert stats["product_groups"] == len(planted["groups"]) > 0
-    assert {"threshold", "balanced_accuracy", "used"} <= set(stats["no_match"])
+    assert {"threshold", "true_first", "used"} <= set(stats["no_match"])

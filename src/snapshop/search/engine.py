@@ -63,7 +63,7 @@ KNN_SHORTLIST_PER_VOTE = 40  # code-shortlist candidates per kNN vote, re-ranked
 SAME_IMAGE_COSINE = 0.99  # two images of one item this close are stored once
 DUPLICATE_NEIGHBOURS = 3  # nearest images of each new image checked for being identical items
 CURATION_POOL = 5  # candidate items curated per result asked for
-MIN_MATCH_SEPARATION = 0.75  # a no-match threshold separating true from false matches worse than this is not used
+NO_MATCH_EVIDENCE = 4  # a no-match threshold is used when strangers fall under it 4x as often as true matches
 MATCH_FOLDS = 5  # the no-match calibration scores each view with a projection fitted without it
 MIN_MATCH_EXAMPLES = 20  # true and false first results needed to fit the no-match threshold
 SIMILARITY_BLOCK = 1 << 24  # view x catalog cosines computed at once
@@ -115,6 +115,7 @@ class Engine:
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
         self.match_threshold: float | None = None  # cosine under which a result is not a close match
+        self.no_match: dict = {"threshold": None, "used": False}  # the calibration's operating point
         self.index: IndexBackend | None = None
         self._write_mutex = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -446,8 +447,8 @@ class Engine:
         A query whose product is in the catalog and comes first is a true match (its first
         score); a query whose product is not in the catalog gets the best image of another
         product first (each view's best other-product score). Each view is scored with a
-        projection fitted without it (`MATCH_FOLDS`-fold), as a shopper's photo is; the
-        threshold maximises balanced accuracy."""
+        projection fitted without it (`MATCH_FOLDS`-fold), as a shopper's photo is. The two
+        score samples are stored; the threshold is chosen from them at load (`no_match_point`)."""
         learned = isinstance(self.codec.projection, LearnedWhitening)  # the only projection fitted on views
         fold = (np.random.default_rng(1).integers(MATCH_FOLDS, size=len(descriptors))[views.rows] if learned
                 else np.zeros(len(views.rows), int))  # any other has not seen the views: one pass
@@ -465,14 +466,12 @@ class Engine:
                 own[rows] = np.where(same, sims, -np.inf).max(axis=1)
                 other[rows] = np.where(same, -np.inf, sims).max(axis=1)
         true, false = own[own > other], other
-        info = {"threshold": None, "balanced_accuracy": None, "true_first": len(true), "fitted_on": len(own)}
-        if len(true) >= MIN_MATCH_EXAMPLES and len(false) >= MIN_MATCH_EXAMPLES:
-            candidates, kept, refused = threshold_sweep(true, false)
-            balanced = (kept + refused) / 2
-            best = int(np.argmax(balanced))
-            info.update(threshold=float(candidates[best]), balanced_accuracy=float(balanced[best]),
-                        true_median=float(np.median(true)), false_median=float(np.median(false)))
-        self.store.save_fitted("match", save_arrays(), info)
+        info = {"true_first": len(true), "fitted_on": len(own)}
+        fitted = len(true) >= MIN_MATCH_EXAMPLES and len(false) >= MIN_MATCH_EXAMPLES
+        if fitted:
+            info.update(true_median=float(np.median(true)), false_median=float(np.median(false)))
+        scores = {"true": np.sort(true).astype(np.float32), "false": np.sort(false).astype(np.float32)} if fitted else {}
+        self.store.save_fitted("match", save_arrays(**scores), info)
         log.info("no-match calibration on %d synthetic views: %s", len(own), info)
 
     def _relocate_scenes(self, *, progress: bool) -> dict[int, int]:
@@ -549,9 +548,8 @@ class Engine:
             codec_info = self.store.fitted("codec")
             self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
             self.category_model = _category_model(self.store.fitted("category"))
-            match_info = self.store.fitted("match")
-            trusted = match_info and (match_info[1].get("balanced_accuracy") or 0.0) >= MIN_MATCH_SEPARATION
-            self.match_threshold = float(match_info[1]["threshold"]) if trusted else None
+            self.no_match = no_match_point(self.store.fitted("match"), self.settings.no_match_keep)
+            self.match_threshold = self.no_match["threshold"] if self.no_match["used"] else None
             self.encoder.objectness = _objectness_model(self.store.fitted("click_objectness")
                                                         or self.store.fitted("objectness"))
         codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
@@ -585,7 +583,8 @@ class Engine:
             # The old store and index are left to the garbage collector: a search of another
             # thread may still be reading them.
             self.folder, self.manifest, self.store, self.encoder = moved.folder, moved.manifest, moved.store, moved.encoder
-            self.codec, self.category_model, self.match_threshold = moved.codec, moved.category_model, moved.match_threshold
+            self.codec, self.category_model = moved.codec, moved.category_model
+            self.no_match, self.match_threshold = moved.no_match, moved.match_threshold
             self.index = moved.index
             log.info("now searching model version %s", self.manifest.model_version)
         self._active_stamp = stamp
@@ -626,7 +625,7 @@ class Engine:
             "bits": self.manifest.bits,
             "pooling": self.manifest.pooling,
             "projection": codec_info[1] if codec_info else None,
-            "no_match": {**(match_info[1] if match_info else {}), "used": self.match_threshold is not None},
+            "no_match": {**(match_info[1] if match_info else {}), **self.no_match},
             "product_groups": len(self.store.duplicate_groups()),
             "category_model": {
                 "classes": [str(c) for c in self.category_model.classes] if self.category_model else [],
@@ -912,6 +911,20 @@ def _given_box(box: list[int], image: Image.Image) -> Box:
     if not (0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height):
         raise SnapshopError(f"box {box} is not inside the {image.width}x{image.height} image")
     return Box(x0, y0, x1, y1, 1.0)
+
+
+def no_match_point(match: tuple[bytes, dict] | None, keep: float) -> dict:
+    """The no-match threshold of a calibration (the stored first scores of true matches and of
+    strangers): the highest that keeps `keep` of the true matches close, with the shares it
+    predicts, and whether it is used (strangers under it `NO_MATCH_EVIDENCE` times as often)."""
+    scores = load_arrays(match[0]) if match else {}
+    if "true" not in scores:
+        return {"threshold": None, "used": False}
+    candidates, kept, refused = threshold_sweep(scores["true"], scores["false"])
+    best = np.flatnonzero(kept >= keep)[-1]
+    missed = max(1 - kept[best], 1 / len(scores["true"]))
+    return {"threshold": float(candidates[best]), "close_when_right": round(float(kept[best]), 4),
+            "none_when_absent": round(float(refused[best]), 4), "used": bool(refused[best] >= NO_MATCH_EVIDENCE * missed)}
 
 
 def threshold_sweep(true: np.ndarray, false: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
