@@ -19,7 +19,7 @@ import numpy as np
 
 from snapshop.curate.colour import colour_overlap, has_colour
 
-VARIANT_COSINE = 0.8  # images at least this close show the same model (measured: docs/benchmarks.md)
+VARIANT_COSINE = 0.7  # images at least this close show the same model (measured: docs/benchmarks.md)
 VARIANT_COLOUR_OVERLAP = 0.3
 
 
