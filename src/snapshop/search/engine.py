@@ -114,7 +114,6 @@ class Engine:
                                     box_threshold=settings.box_threshold, localize=settings.localize)
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
-        self.match_threshold: float | None = None  # cosine under which a result is not a close match
         self.no_match: dict = {"threshold": None, "used": False}  # the calibration's operating point
         self.index: IndexBackend | None = None
         self._write_mutex = threading.Lock()
@@ -470,7 +469,7 @@ class Engine:
         fitted = len(true) >= MIN_MATCH_EXAMPLES and len(false) >= MIN_MATCH_EXAMPLES
         if fitted:
             info.update(true_median=float(np.median(true)), false_median=float(np.median(false)))
-        scores = {"true": np.sort(true).astype(np.float32), "false": np.sort(false).astype(np.float32)} if fitted else {}
+        scores = {"true": true.astype(np.float32), "false": false.astype(np.float32)} if fitted else {}
         self.store.save_fitted("match", save_arrays(**scores), info)
         log.info("no-match calibration on %d synthetic views: %s", len(own), info)
 
@@ -549,7 +548,6 @@ class Engine:
             self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
             self.category_model = _category_model(self.store.fitted("category"))
             self.no_match = no_match_point(self.store.fitted("match"), self.settings.no_match_keep)
-            self.match_threshold = self.no_match["threshold"] if self.no_match["used"] else None
             self.encoder.objectness = _objectness_model(self.store.fitted("click_objectness")
                                                         or self.store.fitted("objectness"))
         codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
@@ -584,7 +582,7 @@ class Engine:
             # thread may still be reading them.
             self.folder, self.manifest, self.store, self.encoder = moved.folder, moved.manifest, moved.store, moved.encoder
             self.codec, self.category_model = moved.codec, moved.category_model
-            self.no_match, self.match_threshold = moved.no_match, moved.match_threshold
+            self.no_match = moved.no_match
             self.index = moved.index
             log.info("now searching model version %s", self.manifest.model_version)
         self._active_stamp = stamp
@@ -601,6 +599,11 @@ class Engine:
                            "folder": str(folder.path),
                            "training": json.loads(training.read_text()) if training.is_file() else None})
         return listed
+
+    @property
+    def match_threshold(self) -> float | None:
+        """The cosine under which a result is not a close match; None when the calibration is not used."""
+        return self.no_match["threshold"] if self.no_match["used"] else None
 
     @property
     def categories(self) -> list[str]:
