@@ -1,14 +1,14 @@
 """Training choices compared on the SIMULATED click logs of bench/clicks.py (run that first).
 
-    .venv/bin/python bench/click_variants.py     # a few minutes: the feature maps are cached by bench/clicks.py
+    .venv/bin/python bench/click_variants.py     # ~1 h on 2 cores (the refiner variants train longest)
 
 Each variant trains the head from the pretrained model on one log; each is measured on the
 1,000 held-out SIMULATED shopper photos (other backgrounds, other seed) with their true
 items: recall@1 of exact float search over every catalog image, each photo cropped to the
 box the pretrained pipeline finds, and the mean IoU of the box each head learned (mapped
 from the crop to the photo) with the simulator's true box, next to the found box's.
-Variants: triplet vs N-pair loss, and on the noisy log (20% of clicks on a wrong item) the
-dwell filter vs every click.
+Variants: a linear head vs the cell refiner (128 or 256 hidden units), triplet vs N-pair loss,
+and on the noisy log (20% of clicks on a wrong item) the dwell filter vs every click.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from snapshop.search.results import Query
 from snapshop.settings import load_settings
 
 VARIANTS = (
-    ("clean log, triplet loss (default)", "clean", TrainConfig(), TrustPolicy()),
-    ("clean log, N-pair loss", "clean", TrainConfig(loss="npair"), TrustPolicy()),
+    ("clean log, N-pair, linear head", "clean", TrainConfig(refine=0), TrustPolicy()),
+    ("clean log, N-pair, refiner 128 (default)", "clean", TrainConfig(), TrustPolicy()),
+    ("clean log, N-pair, refiner 256", "clean", TrainConfig(refine=256), TrustPolicy()),
+    ("clean log, triplet loss, refiner 128", "clean", TrainConfig(loss="triplet"), TrustPolicy()),
     ("noisy log, dwell filter (default)", "noisy", TrainConfig(), TrustPolicy()),
     ("noisy log, every click", "noisy", TrainConfig(), TrustPolicy(use_all=True)),
 )

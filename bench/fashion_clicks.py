@@ -53,7 +53,7 @@ def main() -> None:
     initial, current = starting_point(engine)
     result = train_head(initial, current, engine.backbone, engine.load, mine_triplets(clicks.impressions),
                         catalog_images(engine), out / "training",
-                        TrainConfig(loss="triplet"), progress=True)  # the loss the shipped head was trained with
+                        TrainConfig(loss="triplet", refine=0), progress=True)  # the recipe the shipped head was trained with
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     save_head(result.head, WEIGHTS)
     print(json.dumps(result.summary(), indent=2))

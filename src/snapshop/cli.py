@@ -319,6 +319,7 @@ def train(
     index: Optional[Path] = IndexOption,
     epochs: int = typer.Option(12, min=1, help="Passes over the training clicks."),
     loss: str = typer.Option("npair", help="npair or triplet (hardest negative)."),
+    refine: int = typer.Option(128, min=0, help="Hidden units of the head's cell refiner, which fine-tunes the top of the backbone (0: a linear head)."),
     all_clicks: bool = typer.Option(False, "--all-clicks", help="Learn from every click, even short visits (no noise filter)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the trained model here [default: INDEX/trained-VERSION.onnx]."),
     switch: str = typer.Option("better", help="Activate the new version: better (if held-out recall improved), always, never."),
@@ -333,7 +334,7 @@ def train(
         raise typer.Exit(2)
     settings = _settings(index=index)
     with user_errors():
-        summary = train_from_clicks(settings, click_log, config=TrainConfig(epochs=epochs, loss=loss),
+        summary = train_from_clicks(settings, click_log, config=TrainConfig(epochs=epochs, loss=loss, refine=refine),
                                     policy=TrustPolicy(use_all=all_clicks), output=output, switch=switch, progress=True)
     typer.echo(f"trained on {summary['triplets']} clicks ({summary['held_out_triplets']} held out) in {summary['seconds']:.0f} s"
                + (" (simulated log)" if summary["simulated_log"] else ""))

@@ -97,15 +97,41 @@ def test_the_box_is_learned_through_the_loss_on_the_embedding(rng, projection):
     assert head.log_spread.grad is not None and head.log_spread.grad.abs() > 0
 
 
-def test_save_and_load_give_the_same_outputs(rng, tmp_path):
-    head = ClickHead(CHANNELS, DIM)
+def test_a_new_refiner_starts_as_the_identity_and_keeps_the_heads_weights(rng, projection):
+    head = ClickHead.from_projection(*projection)
+    with torch.no_grad():
+        head.cell_scores.weight.normal_()
+    refined = head.with_refiner(8)
+    maps = torch.from_numpy(rng.random((3, CHANNELS, 7, 7)).astype(np.float32))
+
+    assert refined.refine_units == 8 and head.refine_units == 0
+    for before, after in zip(head(maps), refined(maps)):
+        assert torch.allclose(before, after, atol=1e-6)
+    assert refined.with_refiner(16).refine_units == 8  # a trained refiner is kept, not replaced
+
+
+def test_the_refiner_is_trained_through_the_embedding(rng, projection):
+    head = ClickHead.from_projection(*projection).with_refiner(8)
+    maps = torch.from_numpy(rng.random((4, CHANNELS, 7, 7)).astype(np.float32))
+    embedding = head(maps)[0]
+    torch.relu(0.5 + embedding[0] @ embedding[2] - embedding[0] @ embedding[1]).backward()
+
+    assert head.refine.expand.weight.grad.abs().sum() > 0  # zero at the start, so only it moves first
+
+
+@pytest.mark.parametrize("refine", [0, 8])
+def test_save_and_load_give_the_same_outputs(rng, tmp_path, refine):
+    head = ClickHead(CHANNELS, DIM, refine)
     with torch.no_grad():
         head.cell_scores.weight.normal_()
         head.log_spread.fill_(0.3)
+        for parameter in head.refine.parameters() if refine else []:
+            parameter.normal_(0, 0.1)
     maps = torch.from_numpy(rng.random((5, CHANNELS, 7, 7)).astype(np.float32))
     save_head(head, tmp_path / "head.npz")
     loaded = load_head(tmp_path / "head.npz")
 
+    assert loaded.refine_units == refine
     for before, after in zip(head(maps), loaded(maps)):
         assert torch.allclose(before, after)
     assert_boxes_valid(loaded(maps)[1])
@@ -127,10 +153,10 @@ def synthetic_clicks(rng: np.random.Generator, items: int = 40, photos_per_item:
     return triplets, np.array(anchors, np.float32), catalog_maps, images_of
 
 
-@pytest.mark.parametrize("loss", ["triplet", "npair"])
-def test_a_short_training_run_lowers_the_loss(rng, loss):
+@pytest.mark.parametrize("loss,refine", [("triplet", 0), ("npair", 0), ("npair", 8)])
+def test_a_short_training_run_lowers_the_loss(rng, loss, refine):
     triplets, anchor_maps, catalog_maps, images_of = synthetic_clicks(rng)
-    head = ClickHead(CHANNELS, DIM)
+    head = ClickHead(CHANNELS, DIM, refine)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     config = TrainConfig(loss=loss)
     losses = []

@@ -1,8 +1,9 @@
 """Training the click head on cached backbone feature maps.
 
-The backbone stays frozen: every query crop and catalog image goes through it once, and
-its feature maps are cached (float16, memory-mapped) for the epochs that follow, so an
-epoch costs only the head. Each batch takes the triplets' anchors, their clicked items and
+The backbone stays frozen up to its last feature map: every query crop and catalog image
+goes through it once, and its feature maps are cached (float16, memory-mapped) for the
+epochs that follow, so an epoch costs only the head (whose cell refiner fine-tunes the top
+of the backbone on those maps). Each batch takes the triplets' anchors, their clicked items and
 the items skipped next to them; the loss is the N-pair loss over the skipped items and the
 other clicked items of the batch (the default), or the triplet loss on the hardest of those
 negatives (online hard mining, FaceNet). A held-out part of the log (by photo) measures
@@ -48,6 +49,7 @@ class TrainConfig:
     margin: float = 0.1
     loss: str = "npair"  # or "triplet"; N-pair measured better (docs/benchmarks.md)
     temperature: float = 0.05  # of the N-pair loss
+    refine: int = 128  # hidden units of the head's cell refiner (0: a linear head); measured in docs/benchmarks.md
     held_out: float = 0.1  # share of the photos kept for evaluation
     seed: int = 0
 
@@ -179,7 +181,7 @@ def train_head(initial: ClickHead, current: "Embedder", backbone: Backbone,
         return float(np.mean([image_items[b] == triplets[r].positive for b, r in zip(best, held_rows)]))
 
     baseline = held_recall(current)
-    head = ClickHead.from_arrays(initial.to_arrays())
+    head = initial.with_refiner(config.refine)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
     checkpoint = workdir / "checkpoint.pt"
     run_key = hashlib.sha1(json.dumps([asdict(config), [t.line for t in triplets], len(catalog_maps)]).encode()
