@@ -1,6 +1,6 @@
 """Learning from clicks, end to end, on SIMULATED data (issue 5's acceptance run).
 
-    .venv/bin/python bench/clicks.py [--loss npair]   # ~1.5 h on 2 cores; steps already done are reused
+    .venv/bin/python bench/clicks.py [--loss triplet]   # ~1.5 h on 2 cores; steps already done are reused
 
 1. The demo catalog (2,000 Fashion-MNIST *test* items) indexed with the pretrained model.
 2. SIMULATED shopper photos: 20,000 for the click log on half of the background photos
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=20000)
     parser.add_argument("--held-out", type=int, default=1000)
     parser.add_argument("--noise", type=float, default=0.2)
-    parser.add_argument("--loss", choices=("triplet", "npair"), default="triplet", help="snapshop train --loss")
+    parser.add_argument("--loss", choices=("triplet", "npair"), default="npair", help="snapshop train --loss")
     args = parser.parse_args()
     out: Path = args.out
     backgrounds = list_background_photos()

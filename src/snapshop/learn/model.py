@@ -8,9 +8,8 @@ The top of the backbone is fine-tuned too: a residual bottleneck of 1x1 convolut
 the box (a product of four sigmoids) weights the refined cells in a masked GeM pooling; a
 linear layer projects the pooled vector to the L2-normalised embedding. The loss on the
 embedding is the only training signal: the box is learned through the mask, with no box
-labels. Catalog shots (clean products on
-a backdrop) are embedded over their whole product instead (`embed_product`), so a query's
-box is pulled towards what matches a whole product.
+labels. Catalog shots (clean products on a backdrop) are embedded over their whole product
+instead (`embed_product`), so a query's box is pulled towards what matches a whole product.
 
 The head starts as the foundation's model: the linear layer is the fitted projection, the
 refiner adds nothing (its last layer is zero) and the box covers the product's crop, so
