@@ -16,13 +16,12 @@ and on the noisy log (20% of clicks on a wrong item) the dwell filter vs every c
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from snapshop.learn.boxes import learn_objectness, relocated
+from snapshop.learn.boxes import found_boxes, learn_objectness, relocated
 from snapshop.learn.clicklog import read_click_log
 from snapshop.learn.loop import catalog_images, starting_point
 from snapshop.learn.mining import TrustPolicy, mine_triplets
@@ -86,10 +85,8 @@ def _boxed(engine: Engine, catalog, log_path: Path, policy: TrustPolicy, held: l
     triplets = mine_triplets(clicks.impressions, policy)
     objectness, _ = learn_objectness(engine.encoder, engine.load, triplets, catalog, progress=True)
     triplets = relocated(engine.encoder, objectness, engine.load, triplets, progress=True)
-    learned = copy.copy(engine.encoder)
-    learned.objectness = objectness
-    boxes = [found[0].as_list() for start in range(0, len(held), 16)
-             for found in learned.locate([engine.load(str(q["path"])) for q in held[start : start + 16]])]
+    found = found_boxes(engine.encoder, objectness, engine.load, [str(q["path"]) for q in held], progress=True)
+    boxes = [found[str(q["path"])] for q in held]
     held_maps, _ = MapCache(engine.backbone, cache, "heldout").build([(q["path"], b) for q, b in zip(held, boxes)],
                                                                      engine.load, progress=True)
     return triplets, held_maps, boxes

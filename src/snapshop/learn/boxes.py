@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -75,12 +76,20 @@ def relocated(encoder: ImageEncoder, objectness: ObjectnessModel, load: Callable
               triplets: list[Triplet], *, progress: bool = False) -> list[Triplet]:
     """The triplets with each photo's box found again, by `objectness` (photos that cannot be
     read keep theirs; training skips them anyway)."""
+    photos = list(dict.fromkeys(triplet.query_image for triplet in triplets))
+    boxes = found_boxes(encoder, objectness, load, photos, desc="boxing the clicked photos", progress=progress)
+    return [replace(triplet, box=boxes.get(triplet.query_image, triplet.box)) for triplet in triplets]
+
+
+def found_boxes(encoder: ImageEncoder, objectness: ObjectnessModel, load: Callable[[str], Image.Image],
+                photos: list[Path | str], *, desc: str = "boxing photos",
+                progress: bool = False) -> dict[Path | str, list[int]]:
+    """The main box `encoder` finds in each readable photo when it locates with `objectness`
+    ([x0, y0, x1, y1] pixels, by photo; unreadable photos are left out)."""
     learned = copy.copy(encoder)
     learned.objectness = objectness
-    photos = list(dict.fromkeys(triplet.query_image for triplet in triplets))
-    boxes: dict = {}
-    for start in tqdm(range(0, len(photos), BATCH), desc="boxing the clicked photos", unit="batch",
-                      disable=not progress):
+    boxes: dict[Path | str, list[int]] = {}
+    for start in tqdm(range(0, len(photos), BATCH), desc=desc, unit="batch", disable=not progress):
         readable = []
         for photo in photos[start:start + BATCH]:
             try:
@@ -89,7 +98,7 @@ def relocated(encoder: ImageEncoder, objectness: ObjectnessModel, load: Callable
                 log.info("%s: %s", photo, exc)
         for (photo, _), found in zip(readable, learned.locate([image for _, image in readable])):
             boxes[photo] = found[0].as_list()
-    return [replace(triplet, box=boxes.get(triplet.query_image, triplet.box)) for triplet in triplets]
+    return boxes
 
 
 def clicked_product_mask(objectness: ObjectnessModel, feature_map: np.ndarray, product: np.ndarray,
