@@ -175,20 +175,29 @@ class ShardReplica:
                          np.asarray(names, object)[np.take_along_axis(owner, order, 1)], explain)
 
     def _rerank(self, names: list[str], owner: np.ndarray, rows: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Float cosine of each query with its shortlisted rows (-inf where none), a block of
-        queries at a time so that the gathered float16 features stay within RERANK_BLOCK rows."""
-        cosines = np.full(rows.shape, -np.inf, np.float32)
+        """Float cosine of each query with its shortlisted rows (-inf where none).
+
+        Each query's candidates are gathered sorted by partition and row, so each partition's
+        features are copied in one ascending pass straight into the re-rank's input, a block of
+        queries at a time (RERANK_BLOCK rows at most); the scores are put back in shortlist order."""
+        order = np.argsort(np.where(rows >= 0, owner.astype(np.int64) << 40 | rows, np.iinfo(np.int64).max), axis=1)
+        rows_sorted = np.take_along_axis(rows, order, 1)
+        owner_sorted = np.where(rows_sorted >= 0, np.take_along_axis(owner, order, 1), len(names))
+        states = [self.states[name] for name in names]
+        cosines_sorted = np.empty(rows.shape, np.float32)
         step = max(1, RERANK_BLOCK // max(rows.shape[1], 1))
         for start in range(0, len(rows), step):
             block = slice(start, start + step)
-            block_rows, block_owner = rows[block], owner[block]
-            stored = np.zeros((*block_rows.shape, features.shape[1]), np.float16)
-            for number, name in enumerate(names):
-                mine = (block_owner == number) & (block_rows >= 0)
-                if mine.any():
-                    stored[mine] = self.states[name].stored_features(block_rows[mine])
-            cosines[block] = np.where(block_rows >= 0, rerank.cosines(stored, features[block]), -np.inf)
-        return cosines
+            stored = np.zeros((*rows_sorted[block].shape, features.shape[1]), np.float16)
+            for query, (query_rows, query_owner) in enumerate(zip(rows_sorted[block], owner_sorted[block])):
+                bounds = np.searchsorted(query_owner, np.arange(len(names) + 1))
+                for number in np.flatnonzero(np.diff(bounds)):
+                    low, high = bounds[number], bounds[number + 1]
+                    states[number].gather_features(query_rows[low:high], stored[query, low:high])
+            cosines_sorted[block] = rerank.cosines(stored, features[block])
+        cosines = np.empty_like(cosines_sorted)
+        np.put_along_axis(cosines, order, cosines_sorted, 1)
+        return np.where(rows >= 0, cosines, -np.inf)
 
     def _merged_shortlist(self, names: list[str], projections: np.ndarray, shortlist: int):
         """The best `shortlist` codes over the partitions (code scores compare across them).

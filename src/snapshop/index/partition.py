@@ -82,30 +82,32 @@ class PartitionState:
 
     def shortlist(self, projections: np.ndarray, count: int) -> Shortlist:
         """The `count` best codes of base and delta per query that are not tombstoned."""
-        parts = [self.delta.search(projections, count)]
+        parts, bound = [], np.full(len(projections), -np.inf, np.float32)
         if self.base is not None:
             ids, scores, rows = self.base.search(projections, count)
-            alive = (rows >= 0) & ~self._dead[np.maximum(rows, 0)]
-            parts.insert(0, (np.where(alive, ids, -1), np.where(alive, scores, -np.inf), np.where(alive, rows, -1)))
             bound = _bound(scores, count, self._base_size)
-        else:
-            bound = np.full(len(projections), -np.inf, np.float32)
-        delta_ids, delta_scores, delta_rows = parts[-1]
-        parts[-1] = (delta_ids, delta_scores, np.where(delta_rows >= 0, delta_rows + self._base_size, -1))
-        bound = np.maximum(bound, _bound(delta_scores, count, len(self.delta)))
+            if len(self.tombstones):
+                alive = (rows >= 0) & ~self._dead[np.maximum(rows, 0)]
+                ids, scores, rows = np.where(alive, ids, -1), np.where(alive, scores, -np.inf), np.where(alive, rows, -1)
+            parts.append((ids, scores, rows))
+        if len(self.delta) or self.base is None:
+            ids, scores, rows = self.delta.search(projections, count)
+            bound = np.maximum(bound, _bound(scores, count, len(self.delta)))
+            parts.append((ids, scores, np.where(rows >= 0, rows + self._base_size, -1)))
+        if len(parts) == 1 and not len(self.tombstones):
+            return Shortlist(*parts[0], bound)  # one segment, nothing filtered: already best first
         ids, scores, rows = (np.concatenate([part[i] for part in parts], axis=1) for i in range(3))
         order = np.argsort(-scores, axis=1, kind="stable")[:, :count]
         return Shortlist(*(np.take_along_axis(a, order, 1) for a in (ids, scores, rows)), bound)
 
-    def stored_features(self, rows: np.ndarray) -> np.ndarray:
-        """The float16 features of candidate rows (as `shortlist` numbers them; none is -1)."""
-        features = np.empty((len(rows), self.delta.rows.features.shape[1]), np.float16)
-        in_base = rows < self._base_size
-        if in_base.any():
-            features[in_base] = np.asarray(self.base.rows.features)[rows[in_base]]  # a plain view: no memmap wrapper per call
-        if not in_base.all():
-            features[~in_base] = self.delta.rows.features[rows[~in_base] - self._base_size]
-        return features
+    def gather_features(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Write the float16 features of candidate rows (as `shortlist` numbers them, ascending,
+        none -1) into `out`: one ascending read of the base's memory map, then the delta's."""
+        split = int(np.searchsorted(rows, self._base_size))
+        if split:
+            np.take(self.base.rows.features, rows[:split], axis=0, out=out[:split], mode="clip")
+        if split < len(rows):
+            np.take(self.delta.rows.features, rows[split:] - self._base_size, axis=0, out=out[split:], mode="clip")
 
 
 def _bound(scores: np.ndarray, count: int, size: int) -> np.ndarray:

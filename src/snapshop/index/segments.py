@@ -115,9 +115,11 @@ class BaseSegment:
 
     @classmethod
     def load(cls, folder: Path, name: str) -> "BaseSegment":
-        """Open a segment: rows memory-mapped; the code index read (or, for a segment written by
-        an older snapshop, built from the codes)."""
-        rows = Rows(*(np.load(folder / f"{name}.{part}.npy", mmap_mode="r") for part in ("ids", "codes", "features")))
+        """Open a segment: rows memory-mapped (plain ndarray views of the maps: indexing a
+        np.memmap costs a Python wrapper per call); the code index read (or, for a segment
+        written by an older snapshop, built from the codes)."""
+        rows = Rows(*(np.asarray(np.load(folder / f"{name}.{part}.npy", mmap_mode="r"))
+                      for part in ("ids", "codes", "features")))
         index_file = folder / f"{name}.signs.faiss"
         index = faiss.read_index(str(index_file)) if index_file.is_file() else sign_code_index(np.asarray(rows.codes))
         return cls(name, rows, index)
