@@ -1,11 +1,14 @@
 """Make the shipped `fashion-clicks` head from SIMULATED clicks over Fashion-MNIST *training* images.
 
-    .venv/bin/python bench/fashion_clicks.py     # ~15 min on 2 cores; writes src/snapshop/models/weights/fashion-clicks.npz
+    .venv/bin/python bench/fashion_clicks.py     # ~25 min on 2 cores; writes src/snapshop/models/weights/fashion-clicks.npz
+    .venv/bin/python bench/fashion_clicks.py --loss triplet --refine 0 --weights OTHER.npz   # the recipe before 2026-12-05
 
 A catalog of training-split items (never in the demo catalog, which is test-split) is
 indexed with the pretrained EfficientNet-Lite0; SIMULATED shopper photos of its items (on
 half of the background photos) are searched, SIMULATED shoppers click (5% of clicks on a
-wrong item), and the head is trained on the mined triplets, as `snapshop train` does.
+wrong item), and the head is trained on the mined triplets, as `snapshop train` does (its loss
+and cell refiner by default). The catalog, photos, index and log are kept in --out, so a
+second run with another recipe trains on the same clicks.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/fashion-clicks"))
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--photos", type=int, default=4000)
+    parser.add_argument("--loss", choices=("npair", "triplet"), default=TrainConfig.loss)
+    parser.add_argument("--refine", type=int, default=TrainConfig.refine, help="hidden units of the cell refiner (0: linear)")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     args = parser.parse_args()
     out: Path = args.out
     if not (out / "catalog" / "manifest.jsonl").is_file():
@@ -53,11 +59,11 @@ def main() -> None:
     initial, current = starting_point(engine)
     result = train_head(initial, current, engine.backbone, engine.load, mine_triplets(clicks.impressions),
                         catalog_images(engine), out / "training",
-                        TrainConfig(loss="triplet", refine=0), progress=True)  # the recipe the shipped head was trained with
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    save_head(result.head, WEIGHTS)
+                        TrainConfig(loss=args.loss, refine=args.refine), progress=True)
+    args.weights.parent.mkdir(parents=True, exist_ok=True)
+    save_head(result.head, args.weights)
     print(json.dumps(result.summary(), indent=2))
-    print(f"wrote {WEIGHTS}")
+    print(f"wrote {args.weights}")
 
 
 if __name__ == "__main__":
