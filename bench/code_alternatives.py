@@ -24,6 +24,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -110,8 +111,7 @@ def main() -> None:
             for number, part in enumerate(np.unique(partitions)):
                 mine = np.flatnonzero(partitions == part)
                 base = BaseSegment.build(Path(folder), f"p{number}", Rows(mine.astype(np.int64), codes[mine], features16[mine]))
-                empty = PartitionState.empty(str(part), 0, bits=256, dim=features.shape[1])
-                states[str(part)] = PartitionState(str(part), 0, base, empty.delta, empty.tombstones, 0)
+                states[str(part)] = replace(PartitionState.empty(str(part), 0, bits=256, dim=features.shape[1]), base=base)
             engine = ShardReplica(0, states)
             for shortlist in (800, 1600, 3200):
                 measure(f"ours: engine, {len(states)} partitions", f"shortlist {shortlist}", lambda q: engine.search(

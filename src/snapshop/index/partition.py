@@ -67,10 +67,7 @@ class PartitionState:
         """Every searchable row (base minus tombstones, plus delta), sorted by id."""
         if self.base is None:
             return self.delta.rows
-        base = self.base.rows
-        keep = ~self._dead
-        kept = Rows(np.asarray(base.ids[keep]), np.asarray(base.codes[keep]), np.asarray(base.features[keep]))
-        return kept.concat(self.delta.rows)
+        return self.base.rows.take(~self._dead).concat(self.delta.rows)
 
     def apply(self, added: Rows, removed: np.ndarray) -> "PartitionState":
         """A new state with rows added and ids removed (base ids become tombstones)."""

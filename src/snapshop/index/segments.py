@@ -121,7 +121,7 @@ class BaseSegment:
         rows = Rows(*(np.asarray(np.load(folder / f"{name}.{part}.npy", mmap_mode="r"))
                       for part in ("ids", "codes", "features")))
         index_file = folder / f"{name}.signs.faiss"
-        index = faiss.read_index(str(index_file)) if index_file.is_file() else sign_code_index(np.asarray(rows.codes))
+        index = faiss.read_index(str(index_file)) if index_file.is_file() else sign_code_index(rows.codes)
         return cls(name, rows, index)
 
     def search(self, projections: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
