@@ -35,7 +35,7 @@ def main() -> None:
     settings = load_settings({"index": str(args.index)})
     engine = Engine.open(settings.index, settings)
     model = engine.category_model
-    if model is None or model.classifier is None:
+    if model is None or (model.classifier is None and model.network is None):
         raise SystemExit(f"{args.index}: no category classifier in this index")
     queries = [q for q in read_queries(args.queries) if q.get("category") and q.get("box")]
     images = [engine.load(q["path"]) for q in queries]
@@ -45,6 +45,7 @@ def main() -> None:
     _, descriptors, labels = engine.store.descriptors()
     catalog = engine.codec.encode(descriptors)[0]
     catalog_truth = np.searchsorted(model.classes, labels)
+    print(f"classifier: {'fine-tuned network' if model.network is not None else 'linear'}")
     print(f"{len(queries)} SIMULATED queries against {len(descriptors)} catalog images; alpha = {model.alpha:.2f}")
     print(f"box IoU of the boxes found: {np.mean([box_iou(b.as_list(), q['box']) for b, q in zip(found, queries)]):.3f}")
     print("| crop | classifier | kNN vote | fused |\n|---|---|---|---|")
@@ -52,7 +53,8 @@ def main() -> None:
     for name, boxes in crops.items():
         shown = [image if box is None else crop(image, box) for image, box in zip(images, boxes)]
         described = [engine.encoder.describe_regions(shown[start : start + BATCH]) for start in range(0, len(shown), BATCH)]
-        p_model = np.concatenate([model.classifier.predict_proba(_classifier_input(model, d)) for d in described])
+        p_model = (model.network.probabilities(shown) if model.network is not None else
+                   np.concatenate([model.classifier.predict_proba(_classifier_input(model.classifier, d)) for d in described]))
         sims = np.concatenate([engine.codec.encode(d.pooled)[0] for d in described]) @ catalog.T
         nearest = np.argsort(-sims, axis=1)[:, : settings.category_knn]
         p_search = knn_vote(catalog_truth[nearest], np.take_along_axis(sims, nearest, 1), model.classes)

@@ -141,6 +141,11 @@ def stats(index: Optional[Path] = IndexOption, backend: Optional[str] = BackendO
     typer.echo(f"vectors    {info['dim']} float dims, {info['bits']}-bit codes, projection fitted on "
                f"{(info['projection'] or {}).get('source', '-')}")
     typer.echo(f"layout     {info['shards']} shard(s) x {info['replicas']} replica(s), change log at {info['change_log_seq']}")
+    category = info["category_model"]
+    if category["classes"]:
+        kind = "fine-tuned network" if category["network"] else "linear classifier" if category["classifier"] else "kNN vote"
+        typer.echo(f"category   {len(category['classes'])} classes: {kind}, fused with the kNN vote at alpha "
+                   f"{category.get('alpha', 0):.2f}")
     for name, count in info["partitions"].items():
         typer.echo(f"partition  {name or '(no category)'}: {count} images")
     for segment in info["segments"]:

@@ -99,6 +99,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("localize", True, "Crop the main object before embedding (false: embed the whole photo).", _boolean),
     Setting("box_threshold", 0.5, "Lowest box score returned by localization (0-1).", float, minimum=0, maximum=1),
     Setting("category_knn", 10, "Nearest catalog images voting for the query's category.", int, minimum=1),
+    Setting("category_network_from", 1000, "Labelled catalog images from which the category classifier is a network "
+            "fine-tuned on the catalog (below: a linear classifier).", int, minimum=1),
+    Setting("category_epochs", 4, "Epochs a category network is fine-tuned for (0: never fine-tune one).", int,
+            minimum=0),
     Setting("runner_up_below", 0.6, "Also search the runner-up category when the top score is below this.", float,
             minimum=0, maximum=1),
     Setting("collapse_duplicates", True, "Fold identical items (one product group) into one result card.", _boolean),

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from snapshop.models.augment import generic_photos, is_clean_shot, jitter_box, synthetic_view
+from snapshop.models.backbone import Backbone
 from snapshop.models.encoder import Descriptions, ImageEncoder, crop
 from snapshop.models.localize import ObjectnessModel, find_boxes
 
@@ -37,6 +38,8 @@ class CatalogViews:
     found: Descriptions
     catalog: Descriptions
     objectness: ObjectnessModel | None  # None when no clean shot showed what a product looks like
+    fronts: dict[str, np.ndarray] | None = None  # per crop kind, the `front` backbone's maps (float16);
+    # "catalog" has one per catalog image, the others one per view
 
     @property
     def descriptors(self) -> np.ndarray:
@@ -45,15 +48,18 @@ class CatalogViews:
 
 
 def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: np.ndarray, *, seed: int = 0,
-                   views_per_image: int = 1, fit_objectness: bool = True, progress: bool = False) -> CatalogViews:
+                   views_per_image: int = 1, fit_objectness: bool = True, front: Backbone | None = None,
+                   progress: bool = False) -> CatalogViews:
     """`views_per_image` synthetic views per image (each catalog image described once, its
     description repeated per view): objectness statistics and descriptions of product crops.
     Without `fit_objectness`, the views are boxed by the encoder's own objectness model (one
-    learned from clicks, which views do not replace) and none is fitted."""
+    learned from clicks, which views do not replace) and none is fitted. With a `front`
+    backbone, the same crops' maps from it are kept too (what a category network trains on)."""
     rng = np.random.default_rng(seed)
     scenes = generic_photos()
     objectness = ObjectnessModel()
     parts: dict[str, list[Descriptions]] = {"truth": [], "found": [], "catalog": []}
+    fronts: dict[str, list[np.ndarray]] = {name: [] for name in parts}
     for start in tqdm(range(0, len(images), BATCH), desc="synthetic views", unit="batch", disable=not progress):
         batch = images[start : start + BATCH]
         views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng)
@@ -68,18 +74,23 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
             objectness.partial_fit(maps[clean], [views[i].mask for i in clean])
             if objectness.can_solve:
                 objectness.solve()
-        parts["truth"].append(encoder.describe_regions(
-            [crop(view.image, jitter_box(view.box, view.image.size, rng)) for view in views]))
-        parts["found"].append(encoder.describe_regions([crop(view.image, box) for view, box in zip(views, found)]))
-        located = encoder.locate(batch)
-        catalog = encoder.describe_regions([crop(image, boxes[0]) for image, boxes in zip(batch, located)])
+        crops = {"truth": [crop(view.image, jitter_box(view.box, view.image.size, rng)) for view in views],
+                 "found": [crop(view.image, box) for view, box in zip(views, found)],
+                 "catalog": [crop(image, boxes[0]) for image, boxes in zip(batch, encoder.locate(batch))]}
+        if front is not None:
+            for name, pictures in crops.items():
+                fronts[name].append(front.feature_maps(pictures).astype(np.float16))
+        parts["truth"].append(encoder.describe_regions(crops["truth"]))
+        parts["found"].append(encoder.describe_regions(crops["found"]))
+        catalog = encoder.describe_regions(crops["catalog"])
         parts["catalog"].append(Descriptions(np.repeat(catalog.pooled, views_per_image, axis=0),
                                              np.repeat(catalog.layout, views_per_image, axis=0)))
     joined = {name: Descriptions(np.concatenate([d.pooled for d in described]),  # layouts in half precision:
                                  np.concatenate([d.layout.astype(np.float16) for d in described]))  # 9x the size
               for name, described in parts.items()}
     return CatalogViews(rows=np.repeat(np.asarray(rows), views_per_image),
-                        objectness=objectness if objectness.can_solve else None, **joined)
+                        objectness=objectness if objectness.can_solve else None,
+                        fronts={name: np.concatenate(maps) for name, maps in fronts.items()} if front else None, **joined)
 
 
 def _main_box(objectness: ObjectnessModel | None, feature_map: np.ndarray, size: tuple[int, int]) -> list[int]:

@@ -42,6 +42,8 @@ from snapshop.curate.quality import image_quality
 from snapshop.curate.rerank import Candidate, CurationOptions, curate, other_colours
 from snapshop.models.backbone import Backbone, default_cache_dir, resolve_model
 from snapshop.models.category import CategoryClassifier, choose_alpha, fuse, knn_vote
+from snapshop.models.category_net import (CategoryNetwork, export_category_network, fit_category_network,
+                                          front_backbone, top_probabilities)
 from snapshop.models.augment import is_clean_shot
 from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, crop, generic_descriptors
 from snapshop.models.fitting import CatalogViews, describe_views
@@ -89,15 +91,23 @@ class RemoveReport:
 
 @dataclass
 class CategoryModel:
-    """The fitted category predictor: classes, optional classifier, fusion weight alpha."""
+    """The fitted category predictor: classes, a linear classifier or a fine-tuned network (or
+    neither), fusion weight alpha."""
 
     classes: np.ndarray
     classifier: CategoryClassifier | None
     alpha: float
+    network: CategoryNetwork | None = None
 
-    def predict(self, descriptors: np.ndarray, neighbour_labels: np.ndarray, neighbour_scores: np.ndarray) -> np.ndarray:
+    def predict(self, crops: Sequence[Image.Image], descriptors: Descriptions, neighbour_labels: np.ndarray,
+                neighbour_scores: np.ndarray) -> np.ndarray:
         p_search = knn_vote(neighbour_labels, neighbour_scores, self.classes)
-        p_model = self.classifier.predict_proba(descriptors) if self.classifier is not None else None
+        if self.network is not None:
+            p_model = self.network.probabilities(crops)
+        elif self.classifier is not None:
+            p_model = self.classifier.predict_proba(_classifier_input(self.classifier, descriptors))
+        else:
+            p_model = None
         return fuse(p_model, p_search, self.alpha)
 
 
@@ -332,7 +342,7 @@ class Engine:
         self.codec = self._fit_codec(descriptors, views)
         self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
         self.store.set_vectors(ids, *self.codec.encode(descriptors), reset=True)
-        self._fit_category_model(descriptors, np.asarray(categories), views)
+        self._fit_category_model(descriptors, np.asarray(categories), views, progress=progress)
         if views is not None:
             self._fit_match_threshold(descriptors, self._image_products(ids), views)
 
@@ -351,7 +361,8 @@ class Engine:
         if len(images) < MIN_VIEWS:
             return None
         return describe_views(self.encoder, images, np.array(rows), views_per_image=VIEWS_PER_IMAGE,
-                              fit_objectness=self.store.fitted("click_objectness") is None, progress=progress)
+                              fit_objectness=self.store.fitted("click_objectness") is None,
+                              front=self._category_front(), progress=progress)
 
     def _fit_codec(self, descriptors: np.ndarray, views: CatalogViews | None) -> Codec:
         dim, bits = self.manifest.dim, self.manifest.bits
@@ -368,15 +379,18 @@ class Engine:
         generic = generic_descriptors(self.encoder, default_cache_dir())
         return Codec.fit(generic, dim=dim, bits=bits, source="generic")
 
-    def _fit_category_model(self, descriptors: np.ndarray, labels: np.ndarray, views: CatalogViews | None) -> None:
+    def _fit_category_model(self, descriptors: np.ndarray, labels: np.ndarray, views: CatalogViews | None, *,
+                            progress: bool = False) -> None:
         """Train the classifier on catalog labels; choose alpha on held-out images.
 
         With views, the classifier reads regional layouts of catalog images and of their views
         (true and found boxes), and alpha is chosen on the found-box crops of held-out images'
-        views, the crops queries get. A catalog too small for views trains on its pooled
-        descriptors and chooses alpha on them."""
+        views, the crops queries get. With the views' front maps (`_category_front`), a network
+        fine-tuned on the same crops replaces the linear classifier; it is trained once, without
+        the held-out images. A catalog too small for views trains on its pooled descriptors and
+        chooses alpha on them."""
         classes, counts = np.unique(labels[labels != ""], return_counts=True)
-        alpha, classifier = 0.0, None
+        alpha, classifier, network = 0.0, None, None
         if len(classes) >= 2 and counts.min() >= MIN_IMAGES_PER_CATEGORY:
             truth = np.full(len(labels), -1)
             labelled = np.flatnonzero(labels != "")
@@ -395,18 +409,39 @@ class Engine:
             if clicks is not None:  # query crops labelled by what shoppers clicked
                 catalog_examples = examples
                 examples = lambda rows: tuple(np.concatenate(pair) for pair in zip(catalog_examples(rows), clicks))
-            held_clf = CategoryClassifier().fit(*examples(train))
-            p_model = _expand(held_clf, held_clf.predict_proba(probe), len(classes))
+            if views is not None and views.fronts is not None:
+                top = fit_category_network(*_front_examples(views, np.isin(views.rows, train) & (shown >= 0), shown),
+                                           len(classes), epochs=self.settings.category_epochs, progress=progress)
+                p_model = top_probabilities(top, views.fronts["found"][in_held])
+                network = export_category_network(top)
+            else:
+                held_clf = CategoryClassifier().fit(*examples(train))
+                p_model = _expand(held_clf, held_clf.predict_proba(probe), len(classes))
             sims = self.codec.encode(probe_pooled)[0] @ self.codec.encode(descriptors[train])[0].T
             nearest = np.argsort(-sims, axis=1)[:, : self.settings.category_knn]
             p_search = knn_vote(truth[train][nearest], np.take_along_axis(sims, nearest, 1), classes)
             alpha = choose_alpha(p_model, p_search, probe_truth) if len(probe_truth) else 0.5
-            classifier = CategoryClassifier().fit(*examples(labelled))
-            log.info("category model: %d classes, alpha=%.2f", len(classes), alpha)
+            if network is None:
+                classifier = CategoryClassifier().fit(*examples(labelled))
+            log.info("category model: %d classes, %s, alpha=%.2f", len(classes),
+                     "fine-tuned network" if network else "linear classifier", alpha)
         arrays = {"classes": classes.astype(str)}
         if classifier is not None:
             arrays.update(coef=classifier.coef_, intercept=classifier.intercept_)
-        self.store.save_fitted("category", save_arrays(**arrays), {"alpha": alpha, "fitted_on": len(labels)})
+        if network is not None:
+            arrays.update(network=np.frombuffer(network, np.uint8))
+        self.store.save_fitted("category", save_arrays(**arrays),
+                               {"alpha": alpha, "fitted_on": len(labels), "network": network is not None})
+
+    def _category_front(self) -> Backbone | None:
+        """The frozen blocks of a category network when this catalog gets one: `category_epochs`
+        above 0, at least `category_network_from` labelled images, and no click examples (kept as
+        regional layouts, which only the linear classifier reads)."""
+        labelled = sum(count for name, count in self.store.category_counts().items() if name)
+        if (self.settings.category_epochs == 0 or labelled < self.settings.category_network_from
+                or self.store.fitted("click_category") is not None):
+            return None
+        return front_backbone(default_cache_dir(), threads=self.settings.threads)
 
     def set_click_examples(self, layouts: np.ndarray, labels: list[str]) -> None:
         """Keep query crops' regional layouts labelled with their clicked item's category: the
@@ -546,7 +581,7 @@ class Engine:
         with self.store.snapshot():
             codec_info = self.store.fitted("codec")
             self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
-            self.category_model = _category_model(self.store.fitted("category"))
+            self.category_model = _category_model(self.store.fitted("category"), self.settings.threads)
             self.no_match = no_match_point(self.store.fitted("match"), self.settings.no_match_keep)
             self.encoder.objectness = _objectness_model(self.store.fitted("click_objectness")
                                                         or self.store.fitted("objectness"))
@@ -633,6 +668,7 @@ class Engine:
             "category_model": {
                 "classes": [str(c) for c in self.category_model.classes] if self.category_model else [],
                 "classifier": bool(self.category_model and self.category_model.classifier is not None),
+                "network": bool(self.category_model and self.category_model.network is not None),
                 **(category_info[1] if category_info else {}),
             },
             "index": str(self.folder.path),
@@ -680,10 +716,11 @@ class Engine:
             for p in ok:
                 results[p].boxes = [given[p]] if p in given else found[p]
         with timer("embed"):
-            descriptors = self.encoder.describe_regions([crop(images[p], results[p].boxes[0]) for p in ok])
+            crops = [crop(images[p], results[p].boxes[0]) for p in ok]
+            descriptors = self.encoder.describe_regions(crops)
             features, projections = self.codec.query(descriptors.pooled)
         with timer("category"):
-            partitions = self._choose_partitions(results, ok, descriptors, features, projections, category)
+            partitions = self._choose_partitions(results, ok, crops, descriptors, features, projections, category)
         with timer("search"):
             candidates = self._search_partitions(results, ok, features, projections, partitions, k, explain)
         with timer("curate"):
@@ -697,8 +734,9 @@ class Engine:
             results[p].timing_ms = timer.per_query(len(ok))
         return results
 
-    def _choose_partitions(self, results: list[SearchResult], ok: list[int], descriptors: Descriptions,
-                           features: np.ndarray, projections: np.ndarray, forced: str | None) -> list[list[str] | None]:
+    def _choose_partitions(self, results: list[SearchResult], ok: list[int], crops: list[Image.Image],
+                           descriptors: Descriptions, features: np.ndarray, projections: np.ndarray,
+                           forced: str | None) -> list[list[str] | None]:
         """Per query, the categories to search (None = all), filling in the category prediction."""
         model = self.category_model
         if forced is not None:
@@ -714,8 +752,7 @@ class Engine:
         labels = np.vectorize(lambda name: class_of.get(name, -1), otypes=[np.int64])(
             knn.partitions[:, : self.settings.category_knn]) if top.size else np.zeros(top.shape, np.int64)
         labels = np.where(top >= 0, labels, -1)
-        probabilities = model.predict(_classifier_input(model, descriptors), labels,
-                                      knn.scores[:, : self.settings.category_knn])
+        probabilities = model.predict(crops, descriptors, labels, knn.scores[:, : self.settings.category_knn])
         probabilities = probabilities * np.isin(model.classes, self.categories)  # skip emptied categories
         chosen: list[list[str] | None] = []
         for p, probs in zip(ok, probabilities):
@@ -863,7 +900,7 @@ def _blob_and_source(info: tuple[bytes, dict]) -> tuple[bytes, str]:
     return info[0], info[1].get("source", "catalog")
 
 
-def _category_model(info: tuple[bytes, dict] | None) -> CategoryModel | None:
+def _category_model(info: tuple[bytes, dict] | None, threads: int) -> CategoryModel | None:
     if info is None:
         return None
     arrays = load_arrays(info[0])
@@ -872,7 +909,8 @@ def _category_model(info: tuple[bytes, dict] | None) -> CategoryModel | None:
         classifier = CategoryClassifier()
         classifier.classes_ = arrays["classes"]
         classifier.coef_, classifier.intercept_ = arrays["coef"], arrays["intercept"]
-    return CategoryModel(arrays["classes"], classifier, float(info[1].get("alpha", 0.0)))
+    network = CategoryNetwork(arrays["network"].tobytes(), threads=threads) if "network" in arrays else None
+    return CategoryModel(arrays["classes"], classifier, float(info[1].get("alpha", 0.0)), network)
 
 
 def _objectness_blob(model: ObjectnessModel) -> bytes:
@@ -959,10 +997,20 @@ def _layout_examples(views: CatalogViews, chosen: np.ndarray, shown: np.ndarray)
             np.concatenate([shown[rows] for _, rows in picks]))
 
 
-def _classifier_input(model: CategoryModel, descriptors: Descriptions) -> np.ndarray:
+def _front_examples(views: CatalogViews, chosen: np.ndarray, shown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Category network examples of the chosen views, as `_layout_examples`: front maps of the
+    catalog image (once), the view's true-box and found-box crops, each with the image's category."""
+    per_image = len(views.rows) // len(views.fronts["catalog"])  # a catalog image's views are consecutive
+    first = np.zeros(len(views.rows), bool)
+    first[::per_image] = True
+    fronts = np.concatenate([views.fronts["catalog"][np.flatnonzero(chosen & first) // per_image],
+                             views.fronts["truth"][chosen], views.fronts["found"][chosen]])
+    return fronts, np.concatenate([shown[chosen & first], shown[chosen], shown[chosen]])
+
+
+def _classifier_input(classifier: CategoryClassifier, descriptors: Descriptions) -> np.ndarray:
     """The regional layouts; the pooled descriptors for a classifier fitted on them (older indexes)."""
-    classifier = model.classifier
-    if classifier is not None and classifier.coef_.shape[1] == descriptors.pooled.shape[1]:
+    if classifier.coef_.shape[1] == descriptors.pooled.shape[1]:
         return descriptors.pooled
     return descriptors.layout
 
