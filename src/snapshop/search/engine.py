@@ -2,9 +2,10 @@
 
 The CLI (and the HTTP API) are thin adapters over `Engine`. It delegates each pipeline
 stage to its component: decoding (`catalog.images`), localization and description
-(`models.encoder`), category prediction (`models.category`), the partitioned, sharded
-binary index with float re-rank (an `index.backend`: embedded faiss segments, `index.live`,
-or a Milvus collection, `index.milvus`), metadata and the change log (`index.store`).
+(`models.encoder`), category prediction (`models.category`, `models.category_net`), the
+partitioned, sharded binary index with float re-rank (an `index.backend`: embedded faiss
+segments, `index.live`, or a Milvus collection, `index.milvus`), metadata and the change log
+(`index.store`).
 
 Writes are serialized: one thread of one process at a time holds the write lock. Every
 write commits to SQLite before it returns and reaches the in-memory index through the
