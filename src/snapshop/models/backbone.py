@@ -58,19 +58,9 @@ class Backbone:
     """An ONNX feature-map extractor, run in batches with ONNX Runtime."""
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 32, threads: int = 0) -> None:
-        import onnxruntime as ort
-
         self.spec = spec
         self.batch_size = batch_size
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                str(spec.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise ModelError(f"{spec.onnx_path}: not a usable ONNX model ({str(exc).splitlines()[0]})") from None
+        self._session = onnx_session(str(spec.onnx_path), threads, described_as=f"{spec.onnx_path}:")
         inputs = self._session.get_inputs()
         outputs = self._session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs[0].shape) != 4:
@@ -102,6 +92,20 @@ class Backbone:
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(self._outputs, {self._input_name: batch})
+
+
+def onnx_session(model: str | bytes, threads: int, *, described_as: str) -> "onnxruntime.InferenceSession":
+    """An ONNX Runtime CPU session of a model file path or serialized model, `threads` intra-op
+    threads (0: every core); a model it cannot load is a ModelError naming it `described_as`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
+        raise ModelError(f"{described_as} not a usable ONNX model ({str(exc).splitlines()[0]})") from None
 
 
 def to_input(images: Sequence[Image.Image], prep: Preprocessing, size: int | None = None) -> np.ndarray:

@@ -12,7 +12,6 @@ one ONNX model, crop pixels in, class probabilities out, and stored with the ind
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -20,11 +19,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from snapshop.errors import ModelError
-from snapshop.models.backbone import (Backbone, ModelSpec, Preprocessing, export_onnx, pretrained_efficientnet_lite,
-                                      to_input)
-
-log = logging.getLogger(__name__)
+from snapshop.models.backbone import (Backbone, ModelSpec, Preprocessing, export_onnx, onnx_session,
+                                      pretrained_efficientnet_lite, to_input)
 
 FIRST_TUNED_BLOCK = 11  # of Lite0's 16: tunes the 7x7 stage (blocks 11-15) and the head convolution
 PREPROCESSING = Preprocessing(input_size=224)
@@ -84,16 +80,7 @@ class CategoryNetwork:
     """The fine-tuned classifier as one ONNX model, run with ONNX Runtime: crops in, probabilities out."""
 
     def __init__(self, onnx_model: bytes, *, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(onnx_model, sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
-            raise ModelError(f"the index's category network is not a usable ONNX model ({str(exc).splitlines()[0]})") from None
-        self.onnx_model = onnx_model
+        self._session = onnx_session(onnx_model, threads, described_as="the index's category network is")
 
     def probabilities(self, crops: Sequence[Image.Image]) -> np.ndarray:
         """N x classes, each row summing to 1."""
