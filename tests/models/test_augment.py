@@ -34,6 +34,20 @@ def test_a_product_touching_the_edges_is_still_a_clean_shot_and_a_scene_is_not()
     assert object_alpha(scene).min() == 1.0
 
 
+def test_a_product_on_a_starry_sky_is_a_scene_not_a_clean_shot():
+    rng = np.random.default_rng(0)
+    sky = np.zeros((240, 320, 3), np.uint8)
+    stars = rng.integers(0, [240, 320], (2000, 2))
+    sky[stars[:, 0], stars[:, 1]] = 255  # stars all across a black backdrop
+    photo = Image.fromarray(sky)
+    photo.paste((200, 40, 40), (100, 60, 160, 140))
+    assert not is_clean_shot(photo) and product_box(photo) is None  # the localizer's job, not the whole photo
+    sky[stars[:, 0], stars[:, 1]] = 0
+    studio = Image.fromarray(sky)
+    studio.paste((200, 40, 40), (100, 60, 160, 140))
+    assert is_clean_shot(studio) and product_box(studio) == [100, 60, 160, 140]
+
+
 def test_product_box_peels_a_backdrop_inside_a_backdrop(draw_product):
     print_on_table = Image.new("RGB", (300, 200), (200, 190, 170))
     print_on_table.paste(draw_product("square", 0, size=100), (150, 50))  # a catalog print lying on a table
