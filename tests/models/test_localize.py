@@ -7,7 +7,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from snapshop.models.encoder import CROP_MARGIN, ImageEncoder, crop
-from snapshop.models.localize import Box, ObjectnessModel, box_iou, find_boxes
+from snapshop.models.localize import (Box, ContextObjectness, ObjectnessModel, _convolve, box_iou, find_boxes,
+                                      objectness_from_arrays)
 
 WIDTH, HEIGHT = 480, 360
 
@@ -114,14 +115,62 @@ def test_a_clean_shot_is_located_without_the_model():
     assert [b.as_list() for b in encoder.locate([shot])[0]] == [[100, 40, 160, 190]]
 
 
-def test_objectness_that_sees_no_product_gives_the_whole_photo():
+def test_objectness_that_sees_no_likely_product_takes_the_likeliest_region_and_a_flat_map_the_whole_photo():
     model = ObjectnessModel()
     model.coef_, model.intercept_ = np.ones(4, np.float32), -10.0  # every cell below 0.5
     boxes = model.boxes(blob_map([(slice(2, 4), slice(2, 4), 2.0)]), (640, 480))
-    assert [box.as_list() for box in boxes] == [[0, 0, 640, 480]] and boxes[0].score < 0.5
+    assert len(boxes) == 1 and box_iou(boxes[0].as_list(), [128, 96, 256, 192]) > 0.4 and boxes[0].score < 0.5
+    flat = model.boxes(np.zeros((4, 10, 10), np.float32), (640, 480))
+    assert [box.as_list() for box in flat] == [[0, 0, 640, 480]]
     model.intercept_ = -5.0  # now the blob's cells are products, the rest not
     main = model.boxes(blob_map([(slice(2, 4), slice(2, 4), 2.0)]), (640, 480))[0]
-    assert box_iou(main.as_list(), [128, 96, 256, 192]) > 0.4
+    assert box_iou(main.as_list(), [128, 96, 256, 192]) > 0.4 and main.score > 0.5
+
+
+def outlined_squares(count: int, seed: int) -> tuple[np.ndarray, list[np.ndarray], list[list[int]]]:
+    """Maps (count x 8 x 14 x 14) of one square each that only its outline cells light up (a
+    plain product's middle looks like a plain background), noise elsewhere; the square's pixel
+    mask (448 x 448) and box."""
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(0, 0.3, (count, 8, 14, 14)).astype(np.float32)
+    masks, boxes = [], []
+    for feature_map in maps:
+        side = int(rng.integers(3, 6))
+        top, left = (int(v) for v in rng.integers(0, 14 - side, 2))
+        feature_map[:3, top : top + side, left : left + side] += 2.0
+        feature_map[:3, top + 1 : top + side - 1, left + 1 : left + side - 1] -= 2.0  # the middle is plain
+        mask = np.zeros((448, 448), bool)
+        mask[top * 32 : (top + side) * 32, left * 32 : (left + side) * 32] = True
+        masks.append(mask)
+        boxes.append([left * 32, top * 32, (left + side) * 32, (top + side) * 32])
+    return maps, masks, boxes
+
+
+def test_context_objectness_fills_in_a_product_its_outline_encloses():
+    maps, masks, _ = outlined_squares(200, seed=0)
+    context = ContextObjectness(seed=0).partial_fit(maps[:64], masks[:64]).partial_fit(maps[64:], masks[64:]).solve()
+    fisher = ObjectnessModel().partial_fit(maps, masks).solve()
+    test_maps, _, boxes = outlined_squares(40, seed=1)
+
+    def middle_probability(model: ObjectnessModel | ContextObjectness) -> float:
+        return float(np.mean([model.probability(m)[b[1] // 32 + 1, b[0] // 32 + 1] for m, b in zip(test_maps, boxes)]))
+
+    def mean_iou(model: ObjectnessModel | ContextObjectness) -> float:
+        return float(np.mean([box_iou(model.boxes(m, (448, 448))[0].as_list(), b) for m, b in zip(test_maps, boxes)]))
+
+    assert middle_probability(context) > 0.5 > middle_probability(fisher)
+    assert mean_iou(context) > 0.7
+    stored = objectness_from_arrays({name: array.copy() for name, array in context.to_arrays().items()})
+    assert isinstance(stored, ContextObjectness)
+    assert np.allclose(stored.probability(test_maps[0]), context.probability(test_maps[0]))
+
+
+def test_the_context_net_computes_what_torch_computes():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, weights = rng.normal(size=(5, 7, 9)).astype(np.float32), rng.normal(size=(4, 5, 3, 3)).astype(np.float32)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weights), padding=1)[0].numpy()
+    assert np.allclose(_convolve(x, weights), expected, atol=1e-4)
 
 
 def test_crop_keeps_the_aspect_with_a_margin_and_stays_inside():

@@ -41,10 +41,11 @@ RAY_BATCH = 32  # images per batch an actor embeds
 class RowEmbedder:
     """A Ray actor's embedder: the index's model and fitted objectness, loaded once."""
 
-    def __init__(self, model: bytes, spec: dict[str, Any], options: dict[str, Any], objectness: tuple | None) -> None:
+    def __init__(self, model: bytes, spec: dict[str, Any], options: dict[str, Any],
+                 objectness: dict[str, np.ndarray] | None) -> None:
         from snapshop.models.backbone import Backbone, ModelSpec, Preprocessing
         from snapshop.models.encoder import ImageEncoder
-        from snapshop.models.localize import ObjectnessModel
+        from snapshop.models.localize import objectness_from_arrays
 
         self._folder = tempfile.TemporaryDirectory(prefix="snapshop-ray-")
         path = Path(self._folder.name) / "model.onnx"
@@ -54,8 +55,7 @@ class RowEmbedder:
         self.encoder = ImageEncoder(backbone, pooling=options["pooling"], detect_size=options["detect_size"],
                                     box_threshold=options["box_threshold"], localize=options["localize"])
         if objectness is not None:
-            self.encoder.objectness = ObjectnessModel()
-            self.encoder.objectness.coef_, self.encoder.objectness.intercept_ = objectness
+            self.encoder.objectness = objectness_from_arrays(objectness)
         self.limits = {"max_pixels": options["max_pixels"], "max_bytes": options["max_image_bytes"]}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,7 +85,7 @@ def ray_embedder(engine: Engine, catalog: Catalog, address: str, *, cpus: int | 
     dataset = ray.data.from_items(rows).map_batches(
         RowEmbedder, batch_size=RAY_BATCH, concurrency=workers, num_cpus=1, batch_format="numpy",
         fn_constructor_args=(engine.folder.model_path.read_bytes(), spec, options,
-                             (objectness.coef_, objectness.intercept_) if objectness is not None else None))
+                             objectness.to_arrays() if objectness is not None else None))
     outcomes: dict[int, NewImage | str] = {}
     with tqdm(total=len(rows), desc=f"embedding on Ray ({workers} workers)", unit="img", disable=not progress) as bar:
         for batch in dataset.iter_batches(batch_size=RAY_BATCH, batch_format="numpy"):

@@ -26,7 +26,7 @@ from snapshop.errors import SnapshopError
 from snapshop.learn.mining import Triplet
 from snapshop.learn.train import CatalogImages
 from snapshop.models.encoder import ImageEncoder, crop
-from snapshop.models.localize import ObjectnessModel, boxes_from_map, upsample
+from snapshop.models.localize import CellObjectness, ObjectnessModel, boxes_from_map, upsample
 from snapshop.models.pooling import pool
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def found_boxes(encoder: ImageEncoder, objectness: ObjectnessModel, load: Callab
     return boxes
 
 
-def clicked_product_mask(objectness: ObjectnessModel, feature_map: np.ndarray, product: np.ndarray,
+def clicked_product_mask(objectness: CellObjectness, feature_map: np.ndarray, product: np.ndarray,
                          size: tuple[int, int]) -> np.ndarray:
     """Pixel mask (H x W) of the box where the clicked product is in one photo: the main region
     of product-likeness times similarity to the product's catalog descriptor."""

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from snapshop.models.augment import generic_photos, is_clean_shot, product_box
 from snapshop.models.backbone import Backbone
-from snapshop.models.localize import Box, ObjectnessModel, find_boxes
+from snapshop.models.localize import Box, CellObjectness, find_boxes
 from snapshop.models.pooling import layout, pool
 from snapshop.models.projection import ITQ, LearnedWhitening, PCAWhitening, load_arrays, save_arrays
 
@@ -43,7 +43,7 @@ class ImageEncoder:
         self.detect_size = detect_size
         self.box_threshold = box_threshold
         self.localize = localize
-        self.objectness: ObjectnessModel | None = None
+        self.objectness: CellObjectness | None = None
 
     def locate(self, images: Sequence[Image.Image]) -> list[list[Box]]:
         """Boxes per image, main object first (one backbone pass at `detect_size`).

@@ -2,10 +2,12 @@
 
 For a sample of catalog images, `describe_views` composes `views_per_image` synthetic
 views each (`models.augment`) and runs the localization pass on them; views of clean shots, whose
-product masks are exact, accumulate the objectness model. Each view is then described twice, like a query: on its (jittered) true product
-box, and on the box the objectness model fitted so far finds in it, which is the crop a
-shopper's photo will actually get, misses included. The catalog image itself is described
-too, so the classifier learns from catalog shots and views alike.
+product masks are exact, teach the objectness models. Each view is then described twice, like
+a query: on its (jittered) true product box, and on the box that a Fisher objectness model
+fitted on the views before it finds (out of sample, misses included: the crop a shopper's
+photo gets). The context objectness model, which localizes queries from then on, is trained
+on all the views at the end. The catalog image itself is described too, so the classifier
+learns from catalog shots and views alike.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm import tqdm
 from snapshop.models.augment import generic_photos, is_clean_shot, jitter_box, synthetic_view
 from snapshop.models.backbone import Backbone
 from snapshop.models.encoder import Descriptions, ImageEncoder, crop
-from snapshop.models.localize import ObjectnessModel, find_boxes
+from snapshop.models.localize import CellObjectness, ContextObjectness, ObjectnessModel, find_boxes
 
 BATCH = 64
 
@@ -37,7 +39,7 @@ class CatalogViews:
     truth: Descriptions
     found: Descriptions
     catalog: Descriptions
-    objectness: ObjectnessModel | None  # None when no clean shot showed what a product looks like
+    objectness: CellObjectness | None  # None when no clean shot showed what a product looks like
     fronts: dict[str, np.ndarray] | None = None  # per crop kind, the `front` backbone's maps (float16);
     # "catalog" has one per catalog image, the others one per view
 
@@ -51,13 +53,13 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
                    views_per_image: int = 1, fit_objectness: bool = True, front: Backbone | None = None,
                    progress: bool = False) -> CatalogViews:
     """`views_per_image` synthetic views per image (each catalog image described once, its
-    description repeated per view): objectness statistics and descriptions of product crops.
+    description repeated per view): an objectness model and descriptions of product crops.
     Without `fit_objectness`, the views are boxed by the encoder's own objectness model (one
     learned from clicks, which views do not replace) and none is fitted. With a `front`
     backbone, the same crops' maps from it are kept too (what a category network trains on)."""
     rng = np.random.default_rng(seed)
     scenes = generic_photos()
-    objectness = ObjectnessModel()
+    fisher, context = ObjectnessModel(), ContextObjectness(seed=seed)
     parts: dict[str, list[Descriptions]] = {"truth": [], "found": [], "catalog": []}
     fronts: dict[str, list[np.ndarray]] = {name: [] for name in parts}
     for start in tqdm(range(0, len(images), BATCH), desc="synthetic views", unit="batch", disable=not progress):
@@ -66,14 +68,15 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
                  for image in batch for _ in range(views_per_image)]
         maps = encoder.backbone.feature_maps([view.image for view in views], encoder.detect_size)
         # Boxes from the model fitted on the views before this batch: out of sample, as for a query.
-        current = objectness if fit_objectness and objectness.can_solve else encoder.objectness
+        current = fisher if fit_objectness and fisher.can_solve else encoder.objectness
         found = [_main_box(current, m, view.image.size) for m, view in zip(maps, views)]
         if fit_objectness:
             sources = [image for image in batch for _ in range(views_per_image)]
             clean = [i for i, image in enumerate(sources) if is_clean_shot(image)]  # a product's true silhouette
-            objectness.partial_fit(maps[clean], [views[i].mask for i in clean])
-            if objectness.can_solve:
-                objectness.solve()
+            for model in (fisher, context):
+                model.partial_fit(maps[clean], [views[i].mask for i in clean])
+            if fisher.can_solve:
+                fisher.solve()
         crops = {"truth": [crop(view.image, jitter_box(view.box, view.image.size, rng)) for view in views],
                  "found": [crop(view.image, box) for view, box in zip(views, found)],
                  "catalog": [crop(image, boxes[0]) for image, boxes in zip(batch, encoder.locate(batch))]}
@@ -89,10 +92,10 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
                                  np.concatenate([d.layout.astype(np.float16) for d in described]))  # 9x the size
               for name, described in parts.items()}
     return CatalogViews(rows=np.repeat(np.asarray(rows), views_per_image),
-                        objectness=objectness if objectness.can_solve else None,
+                        objectness=context.solve(progress=progress) if context.can_solve else None,
                         fronts={name: np.concatenate(maps) for name, maps in fronts.items()} if front else None, **joined)
 
 
-def _main_box(objectness: ObjectnessModel | None, feature_map: np.ndarray, size: tuple[int, int]) -> list[int]:
+def _main_box(objectness: CellObjectness | None, feature_map: np.ndarray, size: tuple[int, int]) -> list[int]:
     boxes = objectness.boxes(feature_map, size) if objectness is not None else find_boxes(feature_map, size)
     return boxes[0].as_list()

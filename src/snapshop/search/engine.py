@@ -48,7 +48,7 @@ from snapshop.models.category_net import (CategoryNetwork, export_category_netwo
 from snapshop.models.augment import is_clean_shot
 from snapshop.models.encoder import Codec, Descriptions, ImageEncoder, crop, generic_descriptors
 from snapshop.models.fitting import CatalogViews, describe_views
-from snapshop.models.localize import Box, ObjectnessModel
+from snapshop.models.localize import Box, CellObjectness, ObjectnessModel, objectness_from_arrays
 from snapshop.models.projection import LearnedWhitening, load_arrays, save_arrays
 from snapshop.search.results import CategoryScore, Hit, Query, SearchResult
 from snapshop.settings import Settings
@@ -914,17 +914,12 @@ def _category_model(info: tuple[bytes, dict] | None, threads: int) -> CategoryMo
     return CategoryModel(arrays["classes"], classifier, float(info[1].get("alpha", 0.0)), network)
 
 
-def _objectness_blob(model: ObjectnessModel) -> bytes:
-    return save_arrays(coef=model.coef_, intercept=np.array(model.intercept_))
+def _objectness_blob(model: CellObjectness) -> bytes:
+    return save_arrays(**model.to_arrays())
 
 
-def _objectness_model(info: tuple[bytes, dict] | None) -> ObjectnessModel | None:
-    if info is None:
-        return None
-    arrays = load_arrays(info[0])
-    model = ObjectnessModel()
-    model.coef_, model.intercept_ = arrays["coef"], float(arrays["intercept"])
-    return model
+def _objectness_model(info: tuple[bytes, dict] | None) -> CellObjectness | None:
+    return None if info is None else objectness_from_arrays(load_arrays(info[0]))
 
 
 def _split(count: int, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
