@@ -174,9 +174,11 @@ class ContextObjectness(CellObjectness):
     A cell alone often cannot tell a product's plain middle from a plain wall; its
     neighbours (an outline, the background around) can. Measured on 1,000 SIMULATED shopper
     photos against Fisher's discriminant fitted on the same 3,000 views: mean IoU 0.563
-    against 0.502, misses (IoU < 0.1) 7.7% against 15% (`bench/localization.py`). Maps are collected (`partial_fit`) projected on
-    their first PROJECTED principal axes, fitted on the first batch, to keep 50 KB a view;
-    `solve` trains the net and folds the projection into its first layer.
+    against 0.502, misses (IoU < 0.1) 7.7% against 15% (`bench/localization.py`).
+
+    Maps are collected (`partial_fit`) projected on their first PROJECTED principal axes,
+    fitted on the first batch, to keep 50 KB a view; `solve` trains the net and folds the
+    projection into its first layer.
     """
 
     PROJECTED = 128
@@ -204,15 +206,18 @@ class ContextObjectness(CellObjectness):
         if self._axes is None:
             cells = feature_maps.transpose(0, 2, 3, 1).reshape(-1, feature_maps.shape[1]).astype(np.float64)
             self._mean = cells.mean(axis=0)
-            self._axes = np.linalg.svd(cells - self._mean, full_matrices=False)[2][: self.PROJECTED].astype(np.float32)
+            axes = np.linalg.svd(cells - self._mean, full_matrices=False)[2]
+            self._axes = axes[: self.PROJECTED].astype(np.float32)
         self._maps.append(self._project(feature_maps).astype(np.float16))
-        self._covers.append(np.stack([_cell_cover(mask, feature_maps.shape[2:]) for mask in masks]).astype(np.float32))
+        covers = [_cell_cover(mask, feature_maps.shape[2:]) for mask in masks]
+        self._covers.append(np.stack(covers).astype(np.float32))
         return self
 
     @property
     def can_solve(self) -> bool:
         """Whether cells mostly product and cells without any have been seen."""
-        return bool(self._covers) and any((c > 0.6).any() for c in self._covers) and any((c < 0.05).any() for c in self._covers)
+        covers = self._covers
+        return any((c > 0.6).any() for c in covers) and any((c < 0.05).any() for c in covers)
 
     def solve(self, *, progress: bool = False) -> "ContextObjectness":
         """Train the net on the kept maps (binary cross-entropy on the covered share; mirrored
@@ -274,7 +279,8 @@ def objectness_from_arrays(arrays: dict[str, np.ndarray]) -> CellObjectness:
     """The model `to_arrays` wrote: a context net or a Fisher discriminant."""
     if "weights0" in arrays:
         model = ContextObjectness()
-        model.layers = [(arrays[f"weights{n}"], arrays[f"bias{n}"]) for n in range(sum(k.startswith("weights") for k in arrays))]
+        depth = sum(name.startswith("weights") for name in arrays)
+        model.layers = [(arrays[f"weights{n}"], arrays[f"bias{n}"]) for n in range(depth)]
         return model
     fisher = ObjectnessModel()
     fisher.coef_, fisher.intercept_ = arrays["coef"], float(arrays["intercept"])
