@@ -4,7 +4,7 @@
                                        [--queries bench/out/quality/queries/queries.jsonl]
 
 Reads an index that `bench/quality.py` built (Fashion-MNIST catalog) and its SIMULATED
-shopper photos, and prints, for the crop of the box the localizer finds, of the true box
+shopper photos, and prints, for the crop of the main box the pipeline searches, of the true box
 (perfect localization) and of the whole photo: the accuracy of the classifier alone, of
 the kNN vote alone and of their fusion with the index's alpha, plus the box IoU. The kNN
 vote here is exact float search over every catalog image, not the index's shortlist.
@@ -22,6 +22,7 @@ from snapshop.models.encoder import crop
 from snapshop.models.localize import box_iou
 from snapshop.search.engine import Engine, _classifier_input
 from snapshop.search.evaluate import read_queries
+from snapshop.search.results import Query
 from snapshop.settings import load_settings
 
 BATCH = 32
@@ -40,8 +41,8 @@ def main() -> None:
     queries = [q for q in read_queries(args.queries) if q.get("category") and q.get("box")]
     images = [engine.load(q["path"]) for q in queries]
     truth = np.searchsorted(model.classes, [q["category"] for q in queries])
-    found = [boxes[0] for start in range(0, len(images), BATCH)
-             for boxes in engine.encoder.locate(images[start : start + BATCH])]
+    found = [result.boxes[0] for start in range(0, len(queries), BATCH)  # the main box the pipeline searches
+             for result in engine.search([Query(q["path"], q["path"]) for q in queries[start : start + BATCH]], k=1)]
     _, descriptors, labels = engine.store.descriptors()
     catalog = engine.codec.encode(descriptors)[0]
     catalog_truth = np.searchsorted(model.classes, labels)

@@ -146,6 +146,9 @@ def stats(index: Optional[Path] = IndexOption, backend: Optional[str] = BackendO
         kind = "fine-tuned network" if category["network"] else "linear classifier" if category["classifier"] else "kNN vote"
         typer.echo(f"category   {len(category['classes'])} classes: {kind}, fused with the kNN vote at alpha "
                    f"{category.get('alpha', 0):.2f}")
+    localizer = info["localizer"]
+    typer.echo(f"localize   {localizer['model']}" + (f", learned from {localizer.get('fitted_on', '?')} "
+                                                    f"{localizer['learned_from']}" if localizer["learned_from"] else ""))
     for name, count in info["partitions"].items():
         typer.echo(f"partition  {name or '(no category)'}: {count} images")
     for segment in info["segments"]:

@@ -127,6 +127,16 @@ def test_objectness_that_sees_no_likely_product_takes_the_likeliest_region_and_a
     assert box_iou(main.as_list(), [128, 96, 256, 192]) > 0.4 and main.score > 0.5
 
 
+def test_candidates_hold_a_fainter_region_that_boxes_leave_out():
+    model = ObjectnessModel()
+    model.coef_, model.intercept_ = np.ones(4, np.float32), -5.0
+    feature_map = blob_map([(slice(1, 3), slice(1, 3), 2.0), (slice(6, 9), slice(6, 9), 1.1)])  # P 0.95 and 0.35
+    boxes, candidates = model.boxes_and_candidates(feature_map, (400, 400))
+    assert boxes == model.boxes(feature_map, (400, 400)) and candidates[0] == boxes[0]
+    assert len(boxes) == 1 and box_iou(boxes[0].as_list(), [40, 40, 120, 120]) > 0.5
+    assert any(box_iou(box.as_list(), [240, 240, 360, 360]) > 0.5 for box in candidates[1:])
+
+
 def outlined_squares(count: int, seed: int) -> tuple[np.ndarray, list[np.ndarray], list[list[int]]]:
     """Maps (count x 8 x 14 x 14) of one square each that only its outline cells light up (a
     plain product's middle looks like a plain background), noise elsewhere; the square's pixel

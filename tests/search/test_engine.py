@@ -412,3 +412,36 @@ def test_classifier_examples_take_each_catalog_image_once_and_every_view():
     examples, labels = _layout_examples(views, np.array([True, True, False, False]), shown)
     assert examples[:, 0].tolist() == [0, 10, 11, 20, 21]  # catalog image 0 once, both its views twice
     assert labels.tolist() == [5] * 5
+
+
+# --- choosing the main box among the localizer's candidates --------------------------------------
+
+
+class RedMeansBag:
+    """A stand-in category network: the redder a crop, the surer it shows a bag; unsure (0.5 /
+    0.5) of a crop with no red."""
+
+    def probabilities(self, crops: list[Image.Image]) -> np.ndarray:
+        pixels = [np.asarray(c, np.float32) / 255 for c in crops]
+        redness = np.array([(p[..., 0] - p[..., 1]).mean() for p in pixels]).clip(0, 1)
+        bag = 0.5 + 0.5 * redness
+        return np.stack([bag, 1 - bag], axis=1)
+
+
+def test_the_main_box_is_the_candidate_the_category_network_is_surest_of():
+    from snapshop.models.localize import Box
+    from snapshop.search.engine import CategoryModel
+    from snapshop.search.results import SearchResult
+
+    photo = Image.new("RGB", (400, 300), (90, 120, 90))
+    photo.paste((220, 30, 30), (250, 150, 330, 230))  # the product: a red bag
+    clutter, bag = Box(20, 20, 150, 120, 0.8), Box(245, 145, 335, 235, 0.4)
+    engine = object.__new__(Engine)  # only the category model is needed
+    engine.category_model = CategoryModel(np.array(["bag", "shoe"]), None, 0.5, network=RedMeansBag())
+    result = SearchResult(query="photo", boxes=[clutter])
+    said = engine._choose_main_boxes([result], {0: photo}, {0: [clutter, bag]}, None)
+    assert result.boxes == [bag, clutter]  # the surer crop is the main box; the other box stays listed
+    assert said[0][0] > 0.6  # the network's probabilities of the chosen crop, for the category stage
+    forced = SearchResult(query="photo", boxes=[clutter])
+    engine._choose_main_boxes([forced], {0: photo}, {0: [clutter, bag]}, "shoe")
+    assert forced.boxes[0] == clutter  # a forced category asks for the crop surest of that category

@@ -54,6 +54,13 @@ def test_category_and_box_are_better_than_chance(outcome):
     assert pipeline["box_iou"] >= 0.35  # measured 0.42
 
 
+def test_the_index_localizes_with_the_context_net_it_trained_on_its_views(fashion, make_settings, outcome):
+    settings = make_settings(index=str(fashion[0] / "index"))  # the index `outcome` measured
+    localizer = Engine.open(settings.index, settings).stats()["localizer"]
+    assert localizer["model"] == "context net" and localizer["learned_from"] == "synthetic views"
+    assert 0 < localizer["fitted_on"] <= 600  # 300 clean shots, 2 views each
+
+
 def test_every_query_is_answered_with_timings(outcome):
     pipeline = outcome["pipeline"]
     assert pipeline["errors"] == 0

@@ -49,23 +49,30 @@ class ImageEncoder:
         """Boxes per image, main object first (one backbone pass at `detect_size`).
 
         In a clean shot the product is what differs from the plain backdrop. Otherwise the
-        fitted objectness model finds the products when there is one (the whole photo when
-        it sees none), SCDA when there is not; with localization off, the box is the whole
-        image and no pass is run.
+        fitted objectness model finds the products when there is one, SCDA when there is not;
+        with localization off, the box is the whole image and no pass is run.
         """
+        return [boxes for boxes, _ in self.locate_with_candidates(images)]
+
+    def locate_with_candidates(self, images: Sequence[Image.Image]) -> list[tuple[list[Box], list[Box]]]:
+        """Per image, its boxes (as `locate`) and the candidate boxes for its main product
+        (`CellObjectness.boxes_and_candidates`; only the main box without a fitted objectness model)."""
         if not self.localize:
-            return [[Box(0, 0, image.width, image.height, 1.0)] for image in images]
-        found: list[list[Box] | None] = []
+            wholes = [Box(0, 0, image.width, image.height, 1.0) for image in images]
+            return [([whole], [whole]) for whole in wholes]
+        found: list[tuple[list[Box], list[Box]] | None] = []
         for image in images:
             box = product_box(image)
-            found.append(None if box is None else [Box(*box, 1.0)])
-        scenes = [position for position, boxes in enumerate(found) if boxes is None]
+            found.append(None if box is None else ([Box(*box, 1.0)], [Box(*box, 1.0)]))
+        scenes = [position for position, located in enumerate(found) if located is None]
         maps = self.backbone.feature_maps([images[p] for p in scenes], self.detect_size) if scenes else []
         for position, feature_map in zip(scenes, maps):
             size = images[position].size
-            found[position] = (self.objectness.boxes(feature_map, size, threshold=self.box_threshold)
-                               if self.objectness is not None else
-                               find_boxes(feature_map, size, threshold=self.box_threshold))
+            if self.objectness is not None:
+                found[position] = self.objectness.boxes_and_candidates(feature_map, size, threshold=self.box_threshold)
+            else:
+                boxes = find_boxes(feature_map, size, threshold=self.box_threshold)
+                found[position] = (boxes, boxes[:1])
         return found
 
     def describe(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -23,6 +23,9 @@ from scipy import ndimage
 UPSAMPLE = 4
 MIN_AREA_FRACTION = 0.01
 THRESHOLD_STD = 0.5  # SCDA keeps cells above the mean; half a deviation more stops edge spill-over
+CANDIDATE_CUTOFFS = (0.3, 0.15)  # fainter regions that may hold the main product (`CellObjectness.boxes_and_candidates`)
+PER_CUTOFF = 3
+SAME_BOX_IOU = 0.9
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ def boxes_from_map(
 class CellObjectness:
     """A model of P(product) at each feature-map cell, and the boxes it finds."""
 
+    kind = ""  # what `snapshop stats` calls it
+    images_seen = 0  # how many images' maps and masks it was fitted on
+
     def probability(self, feature_map: np.ndarray) -> np.ndarray:
         """P(product) per cell of one C x h x w map."""
         raise NotImplementedError
@@ -100,13 +106,29 @@ class CellObjectness:
         is flat (no product, or all of one) gives the whole photo. In a run by hand on 1,000
         SIMULATED shopper photos, context model: mean IoU 0.52 with the whole photo there, 0.56
         with the region."""
+        return self.boxes_and_candidates(feature_map, image_size, threshold=threshold, max_boxes=max_boxes)[0]
+
+    def boxes_and_candidates(self, feature_map: np.ndarray, image_size: tuple[int, int], *, threshold: float = 0.5,
+                             max_boxes: int = 5) -> tuple[list[Box], list[Box]]:
+        """`boxes`, and the candidate boxes for the main product, the main box first: the regions
+        above `boxes`' cut-off and above each of CANDIDATE_CUTOFFS under the peak (a product the
+        model is unsure of shows as a fainter region), PER_CUTOFF per cut-off, without
+        near-duplicates. Something else must choose among them (`search.engine` asks the
+        category network)."""
         cells = self.probability(feature_map)
         peak = float(cells.max())
         if peak <= 0 or np.ptp(cells) < 1e-6:
-            return [Box(0, 0, *image_size, round(peak, 4))]
+            whole = Box(0, 0, *image_size, round(peak, 4))
+            return [whole], [whole]
         probability = np.clip(upsample(cells), 0.0, 1.0)
-        return boxes_from_map(probability, image_size, cutoff=min(0.5, peak / 2), threshold=threshold,
-                              max_boxes=max_boxes)
+        cutoff = min(0.5, peak / 2)
+        boxes = boxes_from_map(probability, image_size, cutoff=cutoff, threshold=threshold, max_boxes=max_boxes)
+        candidates = boxes[:1]
+        for level in (cutoff, *(level for level in CANDIDATE_CUTOFFS if level < peak)):
+            for box in boxes_from_map(probability, image_size, cutoff=level, threshold=0.0, max_boxes=PER_CUTOFF):
+                if all(box_iou(box.as_list(), kept.as_list()) < SAME_BOX_IOU for kept in candidates):
+                    candidates.append(box)
+        return boxes, candidates
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fitted model as named arrays (`objectness_from_arrays` reads them back)."""
@@ -121,6 +143,8 @@ class ObjectnessModel(CellObjectness):
     batch by batch (`partial_fit`), then solved (`solve`).
     """
 
+    kind = "Fisher per cell"
+
     def __init__(self, *, shrinkage: float = 0.1) -> None:
         self.shrinkage = shrinkage
         self._sums: dict[bool, np.ndarray] = {}
@@ -129,6 +153,7 @@ class ObjectnessModel(CellObjectness):
 
     def partial_fit(self, feature_maps: np.ndarray, masks: Sequence[np.ndarray]) -> "ObjectnessModel":
         """Add cells of N x C x h x w maps: object where the mask covers > 60%, background under 5%."""
+        self.images_seen += len(feature_maps)
         for feature_map, mask in zip(feature_maps, masks):
             cover = _cell_cover(mask, feature_map.shape[1:])
             cells = feature_map.reshape(feature_map.shape[0], -1).T.astype(np.float64)
@@ -181,6 +206,7 @@ class ContextObjectness(CellObjectness):
     projection into its first layer.
     """
 
+    kind = "context net"
     PROJECTED = 128
     HIDDEN = 64
     EPOCHS = 8
@@ -199,7 +225,7 @@ class ContextObjectness(CellObjectness):
 
     def partial_fit(self, feature_maps: np.ndarray, masks: Sequence[np.ndarray]) -> "ContextObjectness":
         """Keep N x C x h x w maps (projected) and the share of each cell the masks cover, up to `max_views`."""
-        room = self.max_views - sum(len(maps) for maps in self._maps)
+        room = self.max_views - self.images_seen
         feature_maps, masks = feature_maps[:room], list(masks)[:room]
         if not len(feature_maps):
             return self
@@ -209,6 +235,7 @@ class ContextObjectness(CellObjectness):
             axes = np.linalg.svd(cells - self._mean, full_matrices=False)[2]
             self._axes = axes[: self.PROJECTED].astype(np.float32)
         self._maps.append(self._project(feature_maps).astype(np.float16))
+        self.images_seen += len(feature_maps)
         covers = [_cell_cover(mask, feature_maps.shape[2:]) for mask in masks]
         self._covers.append(np.stack(covers).astype(np.float32))
         return self
