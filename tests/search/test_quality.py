@@ -72,7 +72,7 @@ def test_a_large_enough_catalog_fine_tunes_a_category_network(fashion, make_sett
     engine = indexed(fashion, make_settings, "index-network", category_network_from=300, category_epochs=2)
     assert engine.stats()["category_model"]["network"] and engine.category_model.classifier is None
     pipeline = evaluate(engine, fashion[2])["pipeline"]
-    assert pipeline["category_accuracy"] >= 0.3  # chance 0.1; measured 0.44 (the linear classifier's 0.51:
+    assert pipeline["category_accuracy"] >= 0.3  # chance 0.1; measured 0.41 (the linear classifier's 0.59:
     # a network needs more images and epochs, hence the default from 1,000 images)
     reopened = Engine.open(engine.settings.index, engine.settings)
     assert reopened.category_model.network is not None
