@@ -106,7 +106,7 @@ class CellObjectness:
         is flat (no product, or all of one) gives the whole photo. In a run by hand on 1,000
         SIMULATED shopper photos, context model: mean IoU 0.52 with the whole photo there, 0.56
         with the region."""
-        return self.boxes_and_candidates(feature_map, image_size, threshold=threshold, max_boxes=max_boxes)[0]
+        return self._located(feature_map, image_size, threshold, max_boxes, with_candidates=False)[0]
 
     def boxes_and_candidates(self, feature_map: np.ndarray, image_size: tuple[int, int], *, threshold: float = 0.5,
                              max_boxes: int = 5) -> tuple[list[Box], list[Box]]:
@@ -115,6 +115,11 @@ class CellObjectness:
         model is unsure of shows as a fainter region), PER_CUTOFF per cut-off, without
         near-duplicates. Something else must choose among them (`search.engine` asks the
         category network)."""
+        return self._located(feature_map, image_size, threshold, max_boxes, with_candidates=True)
+
+    def _located(self, feature_map: np.ndarray, image_size: tuple[int, int], threshold: float, max_boxes: int,
+                 *, with_candidates: bool) -> tuple[list[Box], list[Box]]:
+        """(boxes, candidates), the candidates only the main box unless `with_candidates`."""
         cells = self.probability(feature_map)
         peak = float(cells.max())
         if peak <= 0 or np.ptp(cells) < 1e-6:
@@ -124,7 +129,8 @@ class CellObjectness:
         cutoff = min(0.5, peak / 2)
         boxes = boxes_from_map(probability, image_size, cutoff=cutoff, threshold=threshold, max_boxes=max_boxes)
         candidates = boxes[:1]
-        for level in (cutoff, *(level for level in CANDIDATE_CUTOFFS if level < peak)):
+        levels = (cutoff, *(level for level in CANDIDATE_CUTOFFS if level < peak)) if with_candidates else ()
+        for level in levels:
             for box in boxes_from_map(probability, image_size, cutoff=level, threshold=0.0, max_boxes=PER_CUTOFF):
                 if all(box_iou(box.as_list(), kept.as_list()) < SAME_BOX_IOU for kept in candidates):
                     candidates.append(box)
