@@ -63,7 +63,8 @@ class ImageEncoder:
         found: list[tuple[list[Box], list[Box]] | None] = []
         for image in images:
             box = product_box(image)
-            found.append(None if box is None else ([Box(*box, 1.0)], [Box(*box, 1.0)]))
+            clean = None if box is None else Box(*box, 1.0)
+            found.append(None if clean is None else ([clean], [clean]))
         scenes = [position for position, located in enumerate(found) if located is None]
         maps = self.backbone.feature_maps([images[p] for p in scenes], self.detect_size) if scenes else []
         for position, feature_map in zip(scenes, maps):

@@ -653,7 +653,8 @@ class Engine:
         codec_info = self.store.fitted("codec")
         category_info = self.store.fitted("category")
         match_info = self.store.fitted("match")
-        learned = self.store.fitted("click_objectness") or self.store.fitted("objectness")
+        from_clicks = self.store.fitted("click_objectness")
+        learned = from_clicks or self.store.fitted("objectness")
         objectness = self.encoder.objectness
         return {
             "items": counts["items"],
@@ -679,7 +680,7 @@ class Engine:
             },
             "localizer": {
                 "model": "off" if not self.encoder.localize else objectness.kind if objectness else "SCDA",
-                "learned_from": "clicks" if self.store.fitted("click_objectness") else "synthetic views" if learned else None,
+                "learned_from": "clicks" if from_clicks else "synthetic views" if learned else None,
                 **(learned[1] if learned else {}),
             },
             "index": str(self.folder.path),
