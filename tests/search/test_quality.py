@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 
 from snapshop.catalog.manifest import read_catalog
+from snapshop.models.category_net import fit_category_network
+from snapshop.search import engine as engine_module
 from snapshop.search.engine import Engine
 from snapshop.search.evaluate import evaluate
 
@@ -67,10 +69,20 @@ def test_every_query_is_answered_with_timings(outcome):
     assert set(pipeline["ms_per_query"]) == {"decode", "detect", "embed", "category", "search", "curate"}
 
 
-def test_a_large_enough_catalog_fine_tunes_a_category_network(fashion, make_settings):
+def test_a_large_enough_catalog_fine_tunes_a_category_network(fashion, make_settings, monkeypatch):
     """Here from 300 labelled images and for 2 epochs (by default: 1,000 images, 4 epochs)."""
+    trained_on = []
+
+    def recording(fronts, labels, classes, **options):
+        trained_on.append(len(labels))
+        return fit_category_network(fronts, labels, classes, **options)
+
+    monkeypatch.setattr(engine_module, "fit_category_network", recording)
     engine = indexed(fashion, make_settings, "index-network", category_network_from=300, category_epochs=2)
     assert engine.stats()["category_model"]["network"] and engine.category_model.classifier is None
+    # One network without the held-out images chooses alpha; the one kept learns from all:
+    # each image's catalog crop and its 2 views' true-box and found-box crops.
+    assert trained_on[0] < trained_on[1] == 300 * (1 + 2 * 2)
     pipeline = evaluate(engine, fashion[2])["pipeline"]
     assert pipeline["category_accuracy"] >= 0.3  # chance 0.1; measured 0.41 (the linear classifier's 0.59:
     # a network needs more images and epochs, hence the default from 1,000 images)
