@@ -732,7 +732,8 @@ class Engine:
             found = dict(zip(need_boxes, self.encoder.locate_with_candidates([images[p] for p in need_boxes])))
             for p in ok:
                 results[p].boxes = [given[p]] if p in given else found[p][0]
-            network_says = self._choose_main_boxes(results, images, {p: found[p][1] for p in need_boxes}, category)
+            candidates = {p: [given[p]] if p in given else found[p][1] for p in ok}
+            network_says = self._choose_main_boxes(results, images, candidates, category)
         with timer("embed"):
             crops = [crop(images[p], results[p].boxes[0]) for p in ok]
             descriptors = self.encoder.describe_regions(crops)
@@ -760,7 +761,8 @@ class Engine:
         photo's most product-like region is often another object, and the product a fainter
         one. Measured on 1,000 SIMULATED shopper photos: box IoU 0.558 -> 0.572, category
         0.735 -> 0.771, for 3.7 network passes a photo instead of one (docs/benchmarks.md).
-        Returns the network's probabilities of each query's chosen crop, by position."""
+        A box given with the query is its only candidate. Returns the network's probabilities
+        of each query's chosen crop, by position (none without a network)."""
         network = self.category_model.network if self.category_model is not None else None
         if network is None or not candidates:
             return {}
@@ -799,8 +801,7 @@ class Engine:
         labels = np.vectorize(lambda name: class_of.get(name, -1), otypes=[np.int64])(
             knn.partitions[:, : self.settings.category_knn]) if top.size else np.zeros(top.shape, np.int64)
         labels = np.where(top >= 0, labels, -1)
-        known = (np.stack([network_says[p] for p in ok])
-                 if model.network is not None and all(p in network_says for p in ok) else None)
+        known = np.stack([network_says[p] for p in ok]) if network_says else None
         probabilities = model.predict(crops, descriptors, labels, knn.scores[:, : self.settings.category_knn], known)
         probabilities = probabilities * np.isin(model.classes, self.categories)  # skip emptied categories
         chosen: list[list[str] | None] = []
