@@ -12,7 +12,7 @@ from PIL import Image
 from snapshop.catalog.manifest import Catalog, read_catalog
 from snapshop.errors import IndexError_, SnapshopError
 from snapshop.index.folder import IndexFolder
-from snapshop.models.encoder import Descriptions
+from snapshop.models.encoder import Descriptions, crop
 from snapshop.models.fitting import CatalogViews
 from snapshop.search.engine import Engine, _layout_examples
 from snapshop.search.results import Query
@@ -435,7 +435,7 @@ def test_the_main_box_is_the_candidate_the_category_network_is_surest_of():
 
     photo = Image.new("RGB", (400, 300), (90, 120, 90))
     photo.paste((220, 30, 30), (250, 150, 330, 230))  # the product: a red bag
-    clutter, bag = Box(20, 20, 150, 120, 0.8), Box(245, 145, 335, 235, 0.4)
+    clutter, bag = Box(20, 20, 150, 120, 0.5), Box(245, 145, 335, 235, 0.45)  # objectness alike
     engine = object.__new__(Engine)  # only the category model is needed
     engine.category_model = CategoryModel(np.array(["bag", "shoe"]), None, 0.5, network=RedMeansBag())
     result = SearchResult(query="photo", boxes=[clutter])
@@ -445,3 +445,21 @@ def test_the_main_box_is_the_candidate_the_category_network_is_surest_of():
     forced = SearchResult(query="photo", boxes=[clutter])
     engine._choose_main_boxes([forced], {0: photo}, {0: [clutter, bag]}, "shoe")
     assert forced.boxes[0] == clutter  # a forced category asks for the crop surest of that category
+
+
+def test_the_objectness_model_s_doubt_outweighs_a_slightly_surer_network():
+    from snapshop.models.localize import Box
+    from snapshop.search.engine import CategoryModel
+    from snapshop.search.results import SearchResult
+
+    photo = Image.new("RGB", (400, 300), (90, 120, 90))
+    photo.paste((200, 60, 60), (250, 150, 330, 230))  # the product, a bag in dim light
+    photo.paste((240, 20, 20), (30, 30, 90, 90))  # a red sign on the wall behind
+    sign, bag = Box(30, 30, 90, 90, 0.2), Box(245, 145, 335, 235, 0.9)
+    engine = object.__new__(Engine)
+    engine.category_model = CategoryModel(np.array(["bag", "shoe"]), None, 0.5, network=RedMeansBag())
+    said = RedMeansBag().probabilities([crop(photo, sign), crop(photo, bag)])[:, 0]
+    assert said[0] > said[1]  # the network alone would take the sign
+    result = SearchResult(query="photo", boxes=[bag, sign])
+    engine._choose_main_boxes([result], {0: photo}, {0: [sign, bag]}, None)
+    assert result.boxes[0] == bag
