@@ -428,7 +428,7 @@ class RedMeansBag:
         return np.stack([bag, 1 - bag], axis=1)
 
 
-def test_the_main_box_is_the_candidate_the_category_network_is_surest_of():
+def test_among_alike_candidates_the_main_box_is_the_one_the_category_network_is_surest_of():
     from snapshop.models.localize import Box
     from snapshop.search.engine import CategoryModel
     from snapshop.search.results import SearchResult
