@@ -774,12 +774,12 @@ class Engine:
         probabilities = network.probabilities(crops)
         classes = list(self.category_model.classes)
         confidence = probabilities[:, classes.index(forced)] if forced in classes else probabilities.max(axis=1)
+        product_likelihood = confidence * np.array([box.score for p in positions for box in candidates[p]])
         chosen: dict[int, np.ndarray] = {}
         start = 0
         for p in positions:
             count = len(candidates[p])
-            objectness = np.array([box.score for box in candidates[p]])
-            best = start + int(np.argmax(confidence[start : start + count] * objectness))
+            best = start + int(np.argmax(product_likelihood[start : start + count]))
             main = candidates[p][best - start]
             results[p].boxes = [main] + [box for box in results[p].boxes if box.as_list() != main.as_list()]
             chosen[p] = probabilities[best]
