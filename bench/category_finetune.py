@@ -93,7 +93,8 @@ def main() -> None:
                         help="an index of that catalog (EfficientNet-Lite0): its localizer boxes the views and "
                              "the queries, its backbone describes them for the linear classifier")
     parser.add_argument("--views", type=int, default=2, help="synthetic views per catalog image")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=load_settings().category_epochs,
+                        help="fine-tuning epochs of the network (default: what `snapshop add` uses)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/out/category_finetune.json"))
     args = parser.parse_args()

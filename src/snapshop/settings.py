@@ -101,7 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("category_knn", 10, "Nearest catalog images voting for the query's category.", int, minimum=1),
     Setting("category_network_from", 1000, "Labelled catalog images from which the category classifier is a network "
             "fine-tuned on the catalog (below: a linear classifier).", int, minimum=1),
-    Setting("category_epochs", 4, "Epochs a category network is fine-tuned for (0: never fine-tune one).", int,
+    Setting("category_epochs", 8, "Epochs a category network is fine-tuned for (0: never fine-tune one).", int,
             minimum=0),
     Setting("runner_up_below", 0.6, "Also search the runner-up category when the top score is below this.", float,
             minimum=0, maximum=1),

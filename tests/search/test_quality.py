@@ -70,7 +70,7 @@ def test_every_query_is_answered_with_timings(outcome):
 
 
 def test_a_large_enough_catalog_fine_tunes_a_category_network(fashion, make_settings, monkeypatch):
-    """Here from 300 labelled images and for 2 epochs (by default: 1,000 images, 4 epochs)."""
+    """Here from 300 labelled images and for 2 epochs (by default: 1,000 images, 8 epochs)."""
     trained_on = []
 
     def recording(fronts, labels, classes, **options):
