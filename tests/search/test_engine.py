@@ -14,8 +14,9 @@ from snapshop.errors import IndexError_, SnapshopError
 from snapshop.index.folder import IndexFolder
 from snapshop.models.encoder import Descriptions, crop
 from snapshop.models.fitting import CatalogViews
-from snapshop.search.engine import Engine, _layout_examples
-from snapshop.search.results import Query
+from snapshop.models.localize import Box
+from snapshop.search.engine import CategoryModel, Engine, _layout_examples
+from snapshop.search.results import Query, SearchResult
 
 STAGES = {"decode", "category", "detect", "embed", "search", "curate"}
 
@@ -428,16 +429,18 @@ class RedMeansBag:
         return np.stack([bag, 1 - bag], axis=1)
 
 
-def test_among_alike_candidates_the_main_box_is_the_one_the_category_network_is_surest_of():
-    from snapshop.models.localize import Box
-    from snapshop.search.engine import CategoryModel
-    from snapshop.search.results import SearchResult
+def _engine_with_bag_network() -> Engine:
+    """An engine with only a category model: classes bag and shoe, `RedMeansBag` as its network."""
+    engine = object.__new__(Engine)
+    engine.category_model = CategoryModel(np.array(["bag", "shoe"]), None, 0.5, network=RedMeansBag())
+    return engine
 
+
+def test_among_alike_candidates_the_main_box_is_the_one_the_category_network_is_surest_of():
     photo = Image.new("RGB", (400, 300), (90, 120, 90))
     photo.paste((220, 30, 30), (250, 150, 330, 230))  # the product: a red bag
     clutter, bag = Box(20, 20, 150, 120, 0.5), Box(245, 145, 335, 235, 0.45)  # objectness alike
-    engine = object.__new__(Engine)  # only the category model is needed
-    engine.category_model = CategoryModel(np.array(["bag", "shoe"]), None, 0.5, network=RedMeansBag())
+    engine = _engine_with_bag_network()
     result = SearchResult(query="photo", boxes=[clutter])
     said = engine._choose_main_boxes([result], {0: photo}, {0: [clutter, bag]}, None)
     assert result.boxes == [bag, clutter]  # the surer crop is the main box; the other box stays listed
@@ -448,16 +451,11 @@ def test_among_alike_candidates_the_main_box_is_the_one_the_category_network_is_
 
 
 def test_the_objectness_model_s_doubt_outweighs_a_slightly_surer_network():
-    from snapshop.models.localize import Box
-    from snapshop.search.engine import CategoryModel
-    from snapshop.search.results import SearchResult
-
     photo = Image.new("RGB", (400, 300), (90, 120, 90))
     photo.paste((200, 60, 60), (250, 150, 330, 230))  # the product, a bag in dim light
     photo.paste((240, 20, 20), (30, 30, 90, 90))  # a red sign on the wall behind
     sign, bag = Box(30, 30, 90, 90, 0.2), Box(245, 145, 335, 235, 0.9)
-    engine = object.__new__(Engine)
-    engine.category_model = CategoryModel(np.array(["bag", "shoe"]), None, 0.5, network=RedMeansBag())
+    engine = _engine_with_bag_network()
     said = RedMeansBag().probabilities([crop(photo, sign), crop(photo, bag)])[:, 0]
     assert said[0] > said[1]  # the network alone would take the sign
     result = SearchResult(query="photo", boxes=[bag, sign])
