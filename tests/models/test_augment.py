@@ -9,7 +9,7 @@ from PIL import Image
 from snapshop.models.augment import (cut_out, generic_photos, is_clean_shot, jitter_box, object_alpha, product_box,
                                      synthetic_view)
 from snapshop.models.encoder import ImageEncoder
-from snapshop.models.fitting import describe_views
+from snapshop.models.fitting import MIN_OBJECTNESS_VIEWS, describe_views
 from snapshop.models.localize import box_iou
 from snapshop.models.projection import LearnedWhitening, PCAWhitening
 
@@ -126,6 +126,17 @@ def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone, draw_pr
     assert kept.objectness is None
     assert np.array_equal(kept.truth.pooled, views.truth.pooled)  # the same views
     assert not np.allclose(kept.found.pooled, views.found.pooled)  # boxed by the encoder's model, not SCDA
+
+
+def test_a_handful_of_clean_shots_fits_no_objectness_model(backbone, draw_product):
+    """A context net fitted on two or three views learns noise (a catalog of real scenes with one
+    clean shot boxed small patches at the edges of its queries), so below MIN_OBJECTNESS_VIEWS views of clean
+    shots the index keeps SCDA."""
+    encoder = ImageEncoder(backbone, pooling="gem", detect_size=448, box_threshold=0.5)
+    catalog = [draw_product(shape, 0) for shape in ("circle", "square", "triangle")]
+    per_image = MIN_OBJECTNESS_VIEWS // len(catalog)  # one view short of enough
+    assert describe_views(encoder, catalog, np.arange(3), views_per_image=per_image).objectness is None
+    assert describe_views(encoder, catalog, np.arange(3), views_per_image=per_image + 1).objectness is not None
 
 
 def test_several_views_per_image_describe_each_catalog_image_once(backbone, draw_product):

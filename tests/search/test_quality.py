@@ -60,7 +60,7 @@ def test_the_index_localizes_with_the_context_net_it_trained_on_its_views(fashio
     settings = make_settings(index=str(fashion[0] / "index"))  # the index `outcome` measured
     localizer = Engine.open(settings.index, settings).stats()["localizer"]
     assert localizer["model"] == "context net" and localizer["learned_from"] == "synthetic views"
-    assert 0 < localizer["fitted_on"] <= 600  # 300 clean shots, 2 views each
+    assert 0 < localizer["fitted_on"] <= 300 * engine_module.VIEWS_PER_IMAGE  # views of 300 clean shots
 
 
 def test_every_query_is_answered_with_timings(outcome):
@@ -81,8 +81,8 @@ def test_a_large_enough_catalog_fine_tunes_a_category_network(fashion, make_sett
     engine = indexed(fashion, make_settings, "index-network", category_network_from=300, category_epochs=2)
     assert engine.stats()["category_model"]["network"] and engine.category_model.classifier is None
     # One network without the held-out images chooses alpha; the one kept learns from all:
-    # each image's catalog crop and its 2 views' true-box and found-box crops.
-    assert trained_on[0] < trained_on[1] == 300 * (1 + 2 * 2)
+    # each image's catalog crop and its VIEWS_PER_IMAGE views' true-box and found-box crops.
+    assert trained_on[0] < trained_on[1] == 300 * (1 + 2 * engine_module.VIEWS_PER_IMAGE)
     pipeline = evaluate(engine, fashion[2])["pipeline"]
     assert pipeline["category_accuracy"] >= 0.3  # chance 0.1; measured 0.41 (the linear classifier's 0.59:
     # a network needs more images and epochs, hence the default from 1,000 images)

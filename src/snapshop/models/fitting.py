@@ -19,12 +19,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from snapshop.models.augment import generic_photos, is_clean_shot, jitter_box, synthetic_view
+from snapshop.models.augment import VIEW_SIDE, generic_photos, is_clean_shot, jitter_box, synthetic_view
 from snapshop.models.backbone import Backbone
 from snapshop.models.encoder import Descriptions, ImageEncoder, crop
 from snapshop.models.localize import CellObjectness, ContextObjectness, ObjectnessModel, find_boxes
 
 BATCH = 64
+MIN_OBJECTNESS_VIEWS = 20  # views of clean shots below which a context net learns noise, not products
 
 
 @dataclass
@@ -39,7 +40,8 @@ class CatalogViews:
     truth: Descriptions
     found: Descriptions
     catalog: Descriptions
-    objectness: CellObjectness | None  # None when no clean shot showed what a product looks like
+    objectness: CellObjectness | None  # None when under MIN_OBJECTNESS_VIEWS views of clean shots
+    # showed what a product looks like (a catalog of scenes: SCDA localizes it)
     fronts: dict[str, np.ndarray] | None = None  # per crop kind, the `front` backbone's maps (float16);
     # "catalog" has one per catalog image, the others one per view
 
@@ -66,7 +68,9 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
         batch = images[start : start + BATCH]
         views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng)
                  for image in batch for _ in range(views_per_image)]
-        maps = encoder.backbone.feature_maps([view.image for view in views], encoder.detect_size)
+        # At the views' own side, whatever `detect_size` photos are localized at: the objectness
+        # net is convolutional, and a larger photo gives a small product more cells (docs/benchmarks.md).
+        maps = encoder.backbone.feature_maps([view.image for view in views], VIEW_SIDE)
         # Boxes from the model fitted on the views before this batch: out of sample, as for a query.
         current = fisher if fit_objectness and fisher.can_solve else encoder.objectness
         found = [_main_box(current, m, view.image.size) for m, view in zip(maps, views)]
@@ -92,7 +96,8 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
                                  np.concatenate([d.layout.astype(np.float16) for d in described]))  # 9x the size
               for name, described in parts.items()}
     return CatalogViews(rows=np.repeat(np.asarray(rows), views_per_image),
-                        objectness=context.solve(progress=progress) if context.can_solve else None,
+                        objectness=(context.solve(progress=progress)
+                                    if context.can_solve and context.images_seen >= MIN_OBJECTNESS_VIEWS else None),
                         fronts={name: np.concatenate(maps) for name, maps in fronts.items()} if front else None, **joined)
 
 
