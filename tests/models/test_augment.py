@@ -130,8 +130,8 @@ def test_objectness_fitted_on_views_finds_a_product_in_a_scene(backbone, draw_pr
 
 def test_a_handful_of_clean_shots_fits_no_objectness_model(backbone, draw_product):
     """A context net fitted on two or three views learns noise (a catalog of real scenes with one
-    clean shot boxed small patches at the edges of its queries), so below MIN_OBJECTNESS_VIEWS views of clean
-    shots the index keeps SCDA."""
+    clean shot boxed small patches at the edges of its queries), so below MIN_OBJECTNESS_VIEWS
+    views of clean shots the index keeps SCDA."""
     encoder = ImageEncoder(backbone, pooling="gem", detect_size=448, box_threshold=0.5)
     catalog = [draw_product(shape, 0) for shape in ("circle", "square", "triangle")]
     per_image = MIN_OBJECTNESS_VIEWS // len(catalog)  # one view short of enough
