@@ -1,13 +1,14 @@
 """The pipeline's embeddings of all 70,000 Fashion-MNIST images and of SIMULATED shopper photos.
 
-    .venv/bin/python bench/real_embeddings.py [--out bench/out/fm70k-vectors] [--queries 500]
+    .venv/bin/python bench/real_embeddings.py [--out bench/out/fm70k-vectors] [--queries 500] [--fitted INDEX]
 
 What the index benchmarks (`bench/index_scale.py`) search. Made once, then reused:
 
 * an Engine indexes a 3,000-item Fashion-MNIST catalog (test split) with default settings:
   that fits the objectness model, the learned whitening (on synthetic views) and the ITQ
   rotation exactly as `snapshop add` does (catalog side without localization, as in
-  `bench/search_speed.py`);
+  `bench/search_speed.py`); `--fitted INDEX` copies an index already fitted by `snapshop add`
+  on a Fashion-MNIST catalog instead (e.g. the demo's) and saves fitting the models again;
 * every Fashion-MNIST image (60,000 train + 10,000 test), rendered as a catalog photo in
   memory, is described by that engine's CNN and encoded by its codec: float features and
   256-bit codes, with its category;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +40,19 @@ FIT_ITEMS = 3000
 BATCH = 64
 
 
-def fitted_engine(out: Path) -> Engine:
-    """An engine whose models were fitted on a FIT_ITEMS-item catalog (built once)."""
+def fitted_engine(out: Path, fitted: Path | None) -> Engine:
+    """An engine whose models were fitted on a FIT_ITEMS-item catalog (built once), or a copy of
+    the `fitted` index."""
     index = out / "index"
     if not (index / "manifest.json").is_file():
-        settings = load_settings({"index": str(index), "localize": False, "duplicate_candidate": 0.97})
-        engine = Engine.open_or_create(index, settings)
-        engine.add(read_catalog(build_fashion_catalog(out / "catalog", n_items=FIT_ITEMS, split="test")), progress=True)
-        engine.close()
+        manifest = build_fashion_catalog(out / "catalog", n_items=FIT_ITEMS, split="test")  # the queries' items
+        if fitted is not None:
+            shutil.copytree(fitted, index, ignore=shutil.ignore_patterns("write.lock"))
+        else:
+            settings = load_settings({"index": str(index), "localize": False, "duplicate_candidate": 0.97})
+            engine = Engine.open_or_create(index, settings)
+            engine.add(read_catalog(manifest), progress=True)
+            engine.close()
     return Engine.open(index, load_settings({"index": str(index)}))
 
 
@@ -93,8 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/fm70k-vectors"))
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--fitted", type=Path, help="copy this fitted index instead of fitting one on 3,000 items")
     args = parser.parse_args()
-    engine = fitted_engine(args.out)
+    engine = fitted_engine(args.out, args.fitted)
     if not (args.out / "vectors.npz").is_file():
         np.savez(args.out / "vectors.npz", **catalog_vectors(engine))
     if not (args.out / "queries.npz").is_file():
