@@ -26,10 +26,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_scale import fitted_rotation
+from index_scale import fitted_rotation, open_built
 from real_embeddings import load as load_vectors
 from snapshop.index import live
-from snapshop.index.store import MetadataStore
 from snapshop.settings import load_settings
 
 QUERIES = 500
@@ -61,10 +60,7 @@ def main() -> None:
     features = queries["features"].astype(np.float32)
     projections = fitted_rotation(args.source).project(features)
     settings = load_settings({})
-    store = MetadataStore(args.index / "meta.sqlite")
-    params = live.IndexParams(bits=projections.shape[1], dim=features.shape[1], compact_delta=settings.compact_delta,
-                              compact_tombstones=settings.compact_tombstones)
-    index = live.LiveIndex(args.index, store, params, codec="bench")
+    store, index = open_built(args.index, projections.shape[1], features.shape[1])
     partitions = [entry["partition"] for entry in index.segment_report()]
 
     def one_query(q: int) -> float:

@@ -52,6 +52,15 @@ SHORTLISTS = (400, 800, 1600, 3200, 6400)
 HNSW_EF = (64, 128, 256, 512)
 
 
+def open_built(folder: Path, bits: int, dim: int) -> tuple[MetadataStore, LiveIndex]:
+    """The store and live index this script built in `folder`, with the default settings."""
+    settings = load_settings({})
+    store = MetadataStore(folder / "meta.sqlite")
+    params = IndexParams(bits=bits, dim=dim, compact_delta=settings.compact_delta,
+                         compact_tombstones=settings.compact_tombstones)
+    return store, LiveIndex(folder, store, params, codec="bench")
+
+
 def fitted_rotation(source: Path) -> ITQ:
     """The ITQ rotation the fitted index of `bench/real_embeddings.py` encodes with."""
     store = MetadataStore(source / "index" / "meta.sqlite")

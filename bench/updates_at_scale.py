@@ -20,10 +20,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_scale import calibrated_noise, fitted_rotation, synthetic, timed_adds, timed_removes
+from index_scale import calibrated_noise, fitted_rotation, open_built, synthetic, timed_adds, timed_removes
 from real_embeddings import load as load_vectors
-from snapshop.index.live import IndexParams, LiveIndex
-from snapshop.index.store import MetadataStore
 from snapshop.settings import load_settings
 
 COUNT = 10_000
@@ -40,10 +38,7 @@ def main() -> None:
     rotation = fitted_rotation(args.source)
     real_features = catalog["features"].astype(np.float32)
     settings = load_settings({})
-    store = MetadataStore(args.index / "meta.sqlite")
-    params = IndexParams(bits=catalog["codes"].shape[1] * 8, dim=real_features.shape[1],
-                         compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
-    index = LiveIndex(args.index, store, params, codec="bench")
+    store, index = open_built(args.index, catalog["codes"].shape[1] * 8, real_features.shape[1])
     report: dict = {"index": str(args.index), "images": len(index), "seed": args.seed}
 
     items = [item for item in store.item_ids() if item.startswith("v")]
