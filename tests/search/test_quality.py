@@ -84,7 +84,7 @@ def test_a_large_enough_catalog_fine_tunes_a_category_network(fashion, make_sett
     # each image's catalog crop and its VIEWS_PER_IMAGE views' true-box and found-box crops.
     assert trained_on[0] < trained_on[1] == 300 * (1 + 2 * engine_module.VIEWS_PER_IMAGE)
     pipeline = evaluate(engine, fashion[2])["pipeline"]
-    assert pipeline["category_accuracy"] >= 0.3  # chance 0.1; measured 0.41 (the linear classifier's 0.59:
+    assert pipeline["category_accuracy"] >= 0.5  # chance 0.1; measured 0.63 (the linear classifier's 0.71:
     # a network needs more images and epochs, hence the default from 1,000 images)
     reopened = Engine.open(engine.settings.index, engine.settings)
     assert reopened.category_model.network is not None
