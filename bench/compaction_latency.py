@@ -38,11 +38,9 @@ WAYS = {"one faiss thread (default)": 1, "two faiss threads (before ed3e9bf)": 2
 def compaction(index: live.LiveIndex, key: tuple[str, int], threads: int) -> None:
     """Compact one partition the way `threads` names, in the calling thread."""
     faiss.omp_set_num_threads(threads)  # this thread's own OpenMP setting
-    if threads == 1:
-        index.compact([key])
-        return
     one_thread = live._one_faiss_thread
-    live._one_faiss_thread = contextlib.nullcontext
+    if threads > 1:
+        live._one_faiss_thread = contextlib.nullcontext
     try:
         index.compact([key])
     finally:

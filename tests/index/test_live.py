@@ -274,7 +274,6 @@ def test_queries_during_compaction_see_the_old_or_the_new_state_never_a_mix(synt
     assert failures == []
 
 
-
 def test_compaction_builds_its_code_indexes_on_one_faiss_thread(synthetic, monkeypatch):
     """A compaction runs beside queries: OpenMP workers spinning for it would take their cores."""
     s, *_ = synthetic(n=300)
@@ -294,6 +293,7 @@ def test_compaction_builds_its_code_indexes_on_one_faiss_thread(synthetic, monke
     finally:
         faiss.omp_set_num_threads(before)
     assert threads_seen == [1, 1, 1]  # one build per partition
+
 
 # --- shards and replicas --------------------------------------------------------------------------
 
