@@ -145,7 +145,8 @@ def test_upload_see_boxes_and_results_click_a_result_switch_category(visit, live
     assert first.locator(".title").inner_text() == "stripes square"
     assert first.locator(".price").inner_text() == "11.00"
     assert re.match(r"score 0\.\d\d", first.locator(".score").inner_text())
-    assert first.locator("img").evaluate("image => image.complete && image.naturalWidth") == 256
+    # The thumbnail loads after the results are drawn: decode() waits for it, and fails if it cannot load.
+    assert first.locator("img").evaluate("image => image.decode().then(() => image.naturalWidth)") == 256
     # The detected box is drawn over the product (pasted at 150..340 x 70..260 of the 420x320 photo).
     assert page.locator(".box").count() >= 1 and page.locator(".box.active .handle").count() == 4
     photo = page.locator("#photo").bounding_box()
