@@ -76,6 +76,7 @@ def train_from_clicks(settings: Settings, click_log: Path, *, config: TrainConfi
         save_head(result.head, folder.path / HEAD_FILE)
         (folder.path / TRAINING_FILE).write_text(json.dumps(info, indent=2))
         trained = Engine(folder, settings, manifest)
+        trained.inherit_category_network(engine)
         if result.category_layouts is not None:
             trained.set_click_examples(result.category_layouts, result.category_labels)
         if learned_box is not None:

@@ -128,6 +128,7 @@ class Engine:
                                     box_threshold=settings.box_threshold, localize=settings.localize)
         self.codec: Codec | None = None
         self.category_model: CategoryModel | None = None
+        self.boxes_from_clicks = False  # the objectness model was learned from clicks: its main box is kept
         self.no_match: dict = {"threshold": None, "used": False}  # the calibration's operating point
         self.index: IndexBackend | None = None
         self._write_mutex = threading.Lock()
@@ -346,7 +347,8 @@ class Engine:
         self.codec = self._fit_codec(descriptors, views)
         self.store.save_fitted("codec", self.codec.to_blob(), {"source": self.codec.source, "fitted_on": len(ids)})
         self.store.set_vectors(ids, *self.codec.encode(descriptors), reset=True)
-        self._fit_category_model(descriptors, np.asarray(categories), views, progress=progress)
+        if not self._keeps_category_network(categories):
+            self._fit_category_model(descriptors, np.asarray(categories), views, progress=progress)
         if views is not None:
             self._fit_match_threshold(descriptors, self._image_products(ids), views)
 
@@ -442,6 +444,26 @@ class Engine:
         self.store.save_fitted("category", save_arrays(**arrays),
                                {"alpha": alpha, "fitted_on": len(labels), "network": network is not None})
 
+    def inherit_category_network(self, source: "Engine") -> None:
+        """Start from `source`'s category network, if it has one (a version trained from clicks
+        keeps it: see `_keeps_category_network`)."""
+        stored = source.store.fitted("category")
+        if stored is not None and stored[1].get("network"):
+            with self.store.transaction():
+                self.store.save_fitted("category", stored[0],
+                                       {**stored[1], "inherited_from": source.manifest.model_version})
+
+    def _keeps_category_network(self, labels: Sequence[str]) -> bool:
+        """Whether a refit keeps the stored category network instead of fitting a category model:
+        with click examples no network is fine-tuned (`_category_front`), and the linear classifier
+        that would replace it measured worse: on a version trained from SIMULATED clicks, category
+        0.678 with it and the click examples, 0.802 with the network of the version it was trained
+        from (docs/benchmarks.md). Only while the catalog's categories are the network's classes."""
+        stored = self.store.fitted("category")
+        if stored is None or not stored[1].get("network") or self.store.fitted("click_category") is None:
+            return False
+        return set(load_arrays(stored[0])["classes"]) == set(labels) - {""}
+
     def _category_front(self) -> Backbone | None:
         """The frozen blocks of a category network when this catalog gets one: `category_epochs`
         above 0, at least `category_network_from` labelled images, and no click examples (kept as
@@ -466,6 +488,7 @@ class Engine:
         with self.store.transaction():
             self.store.save_fitted("click_objectness", _objectness_blob(objectness), {"fitted_on": photos})
         self.encoder.objectness = objectness
+        self.boxes_from_clicks = True
 
     def _click_examples(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The stored click examples of known classes, as classifier input and class indices."""
@@ -592,8 +615,9 @@ class Engine:
             self.codec = Codec.from_blob(*_blob_and_source(codec_info)) if codec_info else None
             self.category_model = _category_model(self.store.fitted("category"), self.settings.threads)
             self.no_match = no_match_point(self.store.fitted("match"), self.settings.no_match_keep)
-            self.encoder.objectness = _objectness_model(self.store.fitted("click_objectness")
-                                                        or self.store.fitted("objectness"))
+            click_objectness = self.store.fitted("click_objectness")
+            self.encoder.objectness = _objectness_model(click_objectness or self.store.fitted("objectness"))
+            self.boxes_from_clicks = click_objectness is not None
         codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
         settings = self.settings
         params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
@@ -626,7 +650,7 @@ class Engine:
             # thread may still be reading them.
             self.folder, self.manifest, self.store, self.encoder = moved.folder, moved.manifest, moved.store, moved.encoder
             self.codec, self.category_model = moved.codec, moved.category_model
-            self.no_match = moved.no_match
+            self.no_match, self.boxes_from_clicks = moved.no_match, moved.boxes_from_clicks
             self.index = moved.index
             log.info("now searching model version %s", self.manifest.model_version)
         self._active_stamp = stamp
@@ -732,7 +756,8 @@ class Engine:
             found = dict(zip(need_boxes, self.encoder.locate_with_candidates([images[p] for p in need_boxes])))
             for p in ok:
                 results[p].boxes = [given[p]] if p in given else found[p][0]
-            candidates = {p: [given[p]] if p in given else found[p][1] for p in ok}
+            candidates = {p: [given[p]] if p in given else found[p][0][:1] if self.boxes_from_clicks else found[p][1]
+                          for p in ok}
             network_says = self._choose_main_boxes(results, images, candidates, category)
         with timer("embed"):
             crops = [crop(images[p], results[p].boxes[0]) for p in ok]
@@ -764,8 +789,11 @@ class Engine:
         1,000 SIMULATED shopper photos: box IoU 0.558 -> 0.572, category 0.735 -> 0.771 for the
         network's choice, for 3.7 network passes a photo instead of one; the objectness factor
         then lifted the network's accuracy 0.768 -> 0.784 and the IoU 0.570 -> 0.586
-        (docs/benchmarks.md). A box given with the query is its only candidate. Returns the
-        network's probabilities of each query's chosen crop, by position (none without a network)."""
+        (docs/benchmarks.md). A box given with the query, or by an objectness model learned from
+        clicks, is its only candidate: on a version trained from SIMULATED clicks, the network's
+        choice among the click model's candidates lowered box IoU 0.541 -> 0.500 and recall@1
+        0.428 -> 0.399. Returns the network's probabilities of each query's chosen crop, by
+        position (none without a network)."""
         network = self.category_model.network if self.category_model is not None else None
         if network is None or not candidates:
             return {}
