@@ -18,8 +18,8 @@ from snapshop.models.category_net import fit_category_network
 from snapshop.models.pooling import layout
 from snapshop.search import engine as engine_module
 from snapshop.search.engine import Engine
-from snapshop.search.results import Query
 from snapshop.search.evaluate import evaluate
+from snapshop.search.results import Query
 
 datasets = pytest.importorskip("snapshop.datasets")
 
@@ -104,14 +104,21 @@ def test_a_large_enough_catalog_fine_tunes_a_category_network(fashion, network_i
     assert reopened.category_model.network is not None
 
 
-def test_a_refit_with_click_examples_keeps_the_category_network(fashion, network_index, make_settings, tmp_path,
-                                                                 monkeypatch):
-    """A version trained from clicks inherits its source's network and holds click examples,
-    with which no network is fine-tuned: its refits keep the network, not a linear classifier."""
+@pytest.fixture
+def network_copy(network_index, make_settings, tmp_path):
+    """An engine on a private, writable copy of the index with a category network."""
     source, _ = network_index
     shutil.copytree(source.settings.index, tmp_path / "index")
     settings = make_settings(index=str(tmp_path / "index"), category_network_from=300, category_epochs=2)
     engine = Engine.open(settings.index, settings)
+    yield engine
+    engine.close()
+
+
+def test_a_refit_with_click_examples_keeps_the_category_network(fashion, network_copy, monkeypatch):
+    """A version trained from clicks inherits its source's network and holds click examples,
+    with which no network is fine-tuned: its refits keep the network, not a linear classifier."""
+    engine = network_copy
     network = engine.store.fitted("category")
     rows = read_catalog(fashion[1]).rows[:40]  # their catalog images stand in for clicked query crops
     crops = [Image.open(row.image).convert("RGB") for row in rows]
@@ -125,14 +132,11 @@ def test_a_refit_with_click_examples_keeps_the_category_network(fashion, network
     assert engine.category_model.network is not None and engine.category_model.classifier is None
 
 
-def test_a_box_learned_from_clicks_stays_the_main_box(fashion, network_index, make_settings, tmp_path):
+def test_a_box_learned_from_clicks_stays_the_main_box(fashion, network_copy):
     """With a category network, the main box is the candidate the network is surest of; an
     objectness model learned from clicks keeps its own main box (the network's choice among its
     candidates measured worse on a version trained from SIMULATED clicks)."""
-    source, _ = network_index
-    shutil.copytree(source.settings.index, tmp_path / "index")
-    settings = make_settings(index=str(tmp_path / "index"), category_network_from=300, category_epochs=2)
-    engine = Engine.open(settings.index, settings)
+    engine = network_copy
     queries = [json.loads(line) for line in fashion[2].read_text().splitlines()][:30]
     photos = [fashion[2].parent / query["image"] for query in queries]
     located = engine.encoder.locate_with_candidates([Image.open(photo).convert("RGB") for photo in photos])
@@ -144,4 +148,3 @@ def test_a_box_learned_from_clicks_stays_the_main_box(fashion, network_index, ma
     assert chosen_by_network != [boxes[0].as_list() for boxes, _ in located]  # the network picks other candidates
     engine.set_click_objectness(engine.encoder.objectness, photos=len(queries))  # as if learned from clicks
     assert main_boxes() == [boxes[0].as_list() for boxes, _ in located]
-    engine.close()
