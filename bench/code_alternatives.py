@@ -37,7 +37,8 @@ from real_embeddings import load as load_vectors
 from snapshop.index.live import ShardReplica
 from snapshop.index.partition import PartitionState
 from snapshop.index.rerank import cosines
-from snapshop.index.segments import CORNERS, BaseSegment, Rows, code_signs, sign_code_index
+from snapshop.index.scan import CORNERS, code_signs, sign_code_index
+from snapshop.index.segments import BaseSegment, Rows
 
 TRAIN_SAMPLE = 100_000
 

@@ -15,6 +15,7 @@ import pytest
 from snapshop.errors import IndexError_
 from snapshop.index.folder import IndexFolder
 from snapshop.index.live import LAYOUT, IndexParams, LiveIndex
+from snapshop.index.scan import sign_code_index
 from snapshop.index.segments import BaseSegment
 from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
@@ -153,6 +154,36 @@ def test_a_batch_re_ranked_block_by_block_answers_as_single_queries_do(synthetic
         single = s.index.search(project(queries[row : row + 1]), queries[row : row + 1], shortlist=50)
         assert list(batch.image_ids[row]) == list(single.image_ids[0])
         np.testing.assert_allclose(batch.scores[row], single.scores[0], rtol=1e-6)
+
+
+def test_one_scan_shortlists_the_best_live_codes_of_the_searched_partitions(synthetic):
+    """Base and delta of every partition in one faiss scan: the shortlist holds the best-scoring
+    live codes of the searched partitions only, tombstones skipped even when they crowd its top."""
+    s, ids, labels, codes, features = synthetic(n=600)
+    s.index.compact()
+    new_codes, new_features = random_vectors(60, seed=5)
+    new_labels = ["a", "b", "c"] * 20
+    new_ids = s.write([f"new{i}" for i in range(60)], new_labels, new_codes, new_features)  # deltas
+    items = np.array([f"item{i}" for i in range(600)] + [f"new{i}" for i in range(60)])
+    all_ids, all_labels = np.concatenate([ids, new_ids]), np.array(labels + new_labels)
+    all_codes = np.concatenate([codes, new_codes])
+    queries = l2_normalize(features[:4] + 0.3 * np.random.default_rng(3).standard_normal(features[:4].shape).astype(np.float32))
+    in_a = np.flatnonzero(all_labels == "a")
+    best_in_a = in_a[sign_code_index(all_codes[in_a]).search(project(queries[:1]), 50)[1][0]]
+    removed = np.concatenate([best_in_a, np.flatnonzero(all_labels == "b")[-5:]])  # base tombstones and delta removals
+    s.remove(list(items[removed]))
+    live = np.setdiff1d(np.arange(len(all_ids)), removed)
+    assert s.index.shards[0][0].states["a"].tombstones.size == len(np.intersect1d(best_in_a, np.arange(600)))
+
+    for partitions in (None, ["a"], ["b", "c"]):
+        candidates = live if partitions is None else live[np.isin(all_labels[live], partitions)]
+        reference = sign_code_index(all_codes[candidates])
+        scores, rows = reference.search(project(queries), len(candidates))
+        score_of = [dict(zip(all_ids[candidates[r]], q)) for r, q in zip(rows, scores)]
+        found = s.index.search(project(queries), queries, shortlist=20, partitions=partitions).image_ids
+        assert found.shape == (4, 20) and not np.isin(found, all_ids[removed]).any()
+        for query in range(4):
+            assert sorted(score_of[query][i] for i in found[query]) == sorted(scores[query, :20])
 
 
 @pytest.mark.parametrize("bad", [

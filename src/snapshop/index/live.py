@@ -34,6 +34,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -43,6 +44,7 @@ import numpy as np
 from snapshop.errors import IndexError_
 from snapshop.index import rerank
 from snapshop.index.partition import PartitionState
+from snapshop.index.scan import CodeScan
 from snapshop.index.segments import BaseSegment, Rows
 from snapshop.index.store import Change, MetadataStore, StoredVectors
 
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
-SHARE_MARGIN, SHARE_EXTRA = 2.5, 16  # a partition's first ask: its share of the shortlist x margin + extra
 RERANK_BLOCK = 32_768  # candidate rows gathered for one re-rank call (16 MB of float16 at 256 dimensions)
 
 
@@ -146,6 +147,45 @@ class ShardHits:
     explain: list[dict]
 
 
+class ShardCodes:
+    """A shard's code lists stacked for one scan: the partition (by number) each list belongs
+    to, the partition row of its first row, and which of its rows are tombstoned."""
+
+    def __init__(self, states: Sequence[PartitionState]) -> None:
+        entries = [(number, *entry) for number, state in enumerate(states) for entry in state.code_lists()]
+        self.scan = CodeScan([code_list for _, code_list, _, _ in entries])
+        self.owner = np.array([number for number, *_ in entries], np.int64)
+        self.first_row = np.array([first_row for _, _, first_row, _ in entries], np.int64)
+        self.start = np.concatenate([[0], np.cumsum(self.scan.sizes)[:-1]]).astype(np.int64)
+        self.dead = (np.concatenate([np.zeros(code_list.size, bool) if dead is None else dead
+                                     for _, code_list, _, dead in entries])
+                     if any(dead is not None for *_, dead in entries) else None)
+        self.dead_count = np.array([0 if dead is None else int(dead.sum()) for *_, dead in entries], np.int64)
+
+    def shortlist(self, projections: np.ndarray, shortlist: int, partitions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, the best `shortlist` live codes of the given partitions, best first: their
+        partition numbers and partition rows (-1 pad).
+
+        Tombstoned codes are dropped after the scan, so it fetches that many more than the
+        shortlist as their share of the lists predicts (twice over); a query left short asks again."""
+        probe = np.flatnonzero(np.isin(self.owner, partitions))
+        total, dead = int(self.scan.sizes[probe].sum()), int(self.dead_count[probe].sum())
+        extra = int(np.ceil(2 * shortlist * dead / max(total, 1))) + 16 if dead else 0
+        while True:
+            _, lists, rows = self.scan.search(projections, shortlist + extra, probe)
+            alive = lists >= 0
+            if dead:
+                alive &= ~self.dead[self.start[np.maximum(lists, 0)] + rows]
+            if lists.shape[1] >= total or (alive.sum(axis=1) >= shortlist).all():
+                break
+            extra *= 2
+        if dead:
+            kept = np.argsort(~alive, axis=1, kind="stable")[:, :shortlist]  # live ones first, in score order
+            lists, rows, alive = (np.take_along_axis(a, kept, 1) for a in (lists, rows, alive))
+        return (np.where(alive, self.owner[np.maximum(lists, 0)], -1),
+                np.where(alive, self.first_row[np.maximum(lists, 0)] + rows, -1))
+
+
 class ShardReplica:
     """One copy of one shard: its partitions' states (an immutable mapping, replaced on write)."""
 
@@ -153,76 +193,60 @@ class ShardReplica:
         self.shard = shard
         self.states = states
 
+    @cached_property
+    def codes(self) -> ShardCodes:
+        """Built at the first search of this state (two threads racing here build two; one is kept)."""
+        return ShardCodes(list(self.states.values()))
+
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None) -> ShardHits:
-        """The partitions' code shortlists merged into the shard's best `shortlist`, re-ranked."""
-        names = list(self.states) if partitions is None else [p for p in partitions if p in self.states]
-        if not names:
+        """The best `shortlist` codes over the searched partitions (one scan), re-ranked."""
+        names = list(self.states)
+        searched = np.array([number for number, name in enumerate(names) if partitions is None or name in partitions], np.int64)
+        if not len(searched):
             empty = np.full((len(projections), 0), -1, np.int64)
             return ShardHits(empty, empty.astype(np.float32), empty.astype(object), [])
         start = time.perf_counter()
-        lists, ids, scores, rows, owner = self._merged_shortlist(names, projections, shortlist)
+        owner, rows = self.codes.shortlist(projections, shortlist, searched)
         shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
         start = time.perf_counter()
-        cosines = self._rerank(names, owner, rows, features)
+        ids, cosines = self._rerank(owner, rows, features)
         order = np.argsort(-cosines, axis=1, kind="stable")
-        ids = np.where(rows >= 0, ids, -1)
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
-        explain = [{**self._explain(self.states[name]), "fetched": lists[name].image_ids.shape[1],
-                    "candidates": int(((ids >= 0) & (owner == number)).sum() / max(len(ids), 1)),
-                    "ms": shortlist_ms, "rerank_ms": rerank_ms} for number, name in enumerate(names)]
+        explain = [{**self._explain(self.states[names[number]]),
+                    "candidates": int((owner == number).sum() / max(len(owner), 1)),
+                    "ms": shortlist_ms, "rerank_ms": rerank_ms} for number in searched]
         return ShardHits(np.take_along_axis(ids, order, 1), np.take_along_axis(cosines, order, 1),
-                         np.asarray(names, object)[np.take_along_axis(owner, order, 1)], explain)
+                         np.asarray(names + [None], object)[np.take_along_axis(owner, order, 1)], explain)
 
-    def _rerank(self, names: list[str], owner: np.ndarray, rows: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Float cosine of each query with its shortlisted rows (-inf where none).
+    def _rerank(self, owner: np.ndarray, rows: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image ids of the shortlisted rows (-1 where none) and their float cosine with each
+        query (-inf where none).
 
         Each query's candidates are gathered sorted by partition and row, so each partition's
-        features are copied in one ascending pass straight into the re-rank's input, a block of
-        queries at a time (RERANK_BLOCK rows at most); the scores are put back in shortlist order."""
-        order = np.argsort(np.where(rows >= 0, owner.astype(np.int64) << 40 | rows, np.iinfo(np.int64).max), axis=1)
+        ids and features are copied in one ascending pass straight into the re-rank's input, a
+        block of queries at a time (RERANK_BLOCK rows at most); the scores are put back in
+        shortlist order."""
+        states = list(self.states.values())
+        order = np.argsort(np.where(rows >= 0, owner << 40 | rows, np.iinfo(np.int64).max), axis=1)
         rows_sorted = np.take_along_axis(rows, order, 1)
-        owner_sorted = np.where(rows_sorted >= 0, np.take_along_axis(owner, order, 1), len(names))
-        states = [self.states[name] for name in names]
+        owner_sorted = np.where(rows_sorted >= 0, np.take_along_axis(owner, order, 1), len(states))
+        ids_sorted = np.full(rows.shape, -1, np.int64)
         cosines_sorted = np.empty(rows.shape, np.float32)
         step = max(1, RERANK_BLOCK // max(rows.shape[1], 1))
         for start in range(0, len(rows), step):
             block = slice(start, start + step)
             stored = np.zeros((*rows_sorted[block].shape, features.shape[1]), np.float16)
             for query, (query_rows, query_owner) in enumerate(zip(rows_sorted[block], owner_sorted[block])):
-                bounds = np.searchsorted(query_owner, np.arange(len(names) + 1))
+                bounds = np.searchsorted(query_owner, np.arange(len(states) + 1))
                 for number in np.flatnonzero(np.diff(bounds)):
                     low, high = bounds[number], bounds[number + 1]
-                    states[number].gather_features(query_rows[low:high], stored[query, low:high])
+                    states[number].gather(query_rows[low:high], ids_sorted[start + query, low:high], stored[query, low:high])
             cosines_sorted[block] = rerank.cosines(stored, features[block])
-        cosines = np.empty_like(cosines_sorted)
+        ids, cosines = np.empty_like(ids_sorted), np.empty_like(cosines_sorted)
+        np.put_along_axis(ids, order, ids_sorted, 1)
         np.put_along_axis(cosines, order, cosines_sorted, 1)
-        return np.where(rows >= 0, cosines, -np.inf)
-
-    def _merged_shortlist(self, names: list[str], projections: np.ndarray, shortlist: int):
-        """The best `shortlist` codes over the partitions (code scores compare across them).
-
-        Each partition is first asked for its share of the shortlist (by size, with a margin),
-        not the whole of it: a per-partition heap of R costs more than the scan at R in the
-        thousands. A partition whose last fetched score could still beat the merged R-th best
-        is asked again for twice as many, so the merge is the exact top R all the same."""
-        sizes = np.array([max(len(self.states[name]), 1) for name in names], np.float64)
-        wanted = {name: min(shortlist, int(np.ceil(shortlist * size / sizes.sum() * SHARE_MARGIN)) + SHARE_EXTRA)
-                  for name, size in zip(names, sizes)}
-        lists = {name: self.states[name].shortlist(projections, wanted[name]) for name in names}
-        while True:
-            ids, scores, rows, owner = (np.concatenate(part, axis=1) for part in zip(*(
-                (found.image_ids, found.scores, found.rows, np.full(found.rows.shape, number, np.int32))
-                for number, found in enumerate(lists[name] for name in names))))
-            kept = np.argsort(-scores, axis=1, kind="stable")[:, :shortlist]
-            ids, scores, rows, owner = (np.take_along_axis(a, kept, 1) for a in (ids, scores, rows, owner))
-            cut = scores[:, -1] if scores.shape[1] == shortlist else np.full(len(scores), -np.inf, np.float32)
-            short = [name for name in names if (lists[name].bound > cut).any()]
-            if not short:
-                return lists, ids, scores, rows, owner
-            for name in short:
-                wanted[name] *= 2
-                lists[name] = self.states[name].shortlist(projections, wanted[name])
+        return ids, np.where(rows >= 0, cosines, -np.inf)
 
     def _explain(self, state: PartitionState) -> dict:
         return {"partition": state.partition, "shard": self.shard, "base": "codes" if state.base else None,

@@ -1,9 +1,8 @@
 """One category partition of one shard: base segment + delta segment + tombstones.
 
-A partition answers a query in two steps that its shard interleaves with the others': the
-shortlist (the best codes of base and delta for the query's projection, tombstoned images
-skipped: they are filtered here at search time) and the float16 features of whichever of
-those candidates the shard keeps, which it re-ranks by float cosine.
+Its shard searches the codes of every partition in one scan (`code_lists` names them, with
+how their rows are numbered and which are tombstoned: those are filtered at search time),
+then asks each partition for the ids and float16 features of the candidates it keeps.
 """
 
 from __future__ import annotations
@@ -13,19 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
+from snapshop.index.scan import CodeList
 from snapshop.index.segments import BaseSegment, DeltaSegment, Rows
-
-
-@dataclass(frozen=True)
-class Shortlist:
-    """Per query, candidates of one partition best first: image ids, code scores and rows
-    (base rows first, then the delta's), -1 / -inf padded; `bound` is the highest score a
-    code not fetched may have (-inf when every code was fetched)."""
-
-    image_ids: np.ndarray
-    scores: np.ndarray
-    rows: np.ndarray
-    bound: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -77,38 +65,23 @@ class PartitionState:
         delta = self.delta.with_rows(added, removed[~in_base]) if len(added) or (~in_base).any() else self.delta
         return replace(self, delta=delta, tombstones=tombstones)
 
-    def shortlist(self, projections: np.ndarray, count: int) -> Shortlist:
-        """The `count` best codes of base and delta per query that are not tombstoned."""
-        parts, bound = [], np.full(len(projections), -np.inf, np.float32)
+    def code_lists(self) -> list[tuple[CodeList, int, np.ndarray | None]]:
+        """Each non-empty segment's codes with the partition row of its first row (base rows
+        first, then the delta's) and, for the base, which rows are tombstoned (None: none)."""
+        lists = []
         if self.base is not None:
-            ids, scores, rows = self.base.search(projections, count)
-            bound = _bound(scores, count, self._base_size)
-            if len(self.tombstones):
-                alive = (rows >= 0) & ~self._dead[np.maximum(rows, 0)]
-                ids, scores, rows = np.where(alive, ids, -1), np.where(alive, scores, -np.inf), np.where(alive, rows, -1)
-            parts.append((ids, scores, rows))
-        if len(self.delta) or self.base is None:
-            ids, scores, rows = self.delta.search(projections, count)
-            bound = np.maximum(bound, _bound(scores, count, len(self.delta)))
-            parts.append((ids, scores, np.where(rows >= 0, rows + self._base_size, -1)))
-        if len(parts) == 1 and not len(self.tombstones):
-            return Shortlist(*parts[0], bound)  # one segment, nothing filtered: already best first
-        ids, scores, rows = (np.concatenate([part[i] for part in parts], axis=1) for i in range(3))
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :count]
-        return Shortlist(*(np.take_along_axis(a, order, 1) for a in (ids, scores, rows)), bound)
+            lists.append((self.base.codes, 0, self._dead if len(self.tombstones) else None))
+        if len(self.delta):
+            lists.append((self.delta.codes, self._base_size, None))
+        return lists
 
-    def gather_features(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Write the float16 features of candidate rows (as `shortlist` numbers them, ascending,
-        none -1) into `out`: one ascending read of the base's memory map, then the delta's."""
+    def gather(self, rows: np.ndarray, ids: np.ndarray, features: np.ndarray) -> None:
+        """Write the image ids and float16 features of candidate rows (partition rows,
+        ascending, none -1) into `ids` and `features`: one ascending read of the base's memory
+        maps, then the delta's."""
         split = int(np.searchsorted(rows, self._base_size))
-        if split:
-            np.take(self.base.rows.features, rows[:split], axis=0, out=out[:split], mode="clip")
-        if split < len(rows):
-            np.take(self.delta.rows.features, rows[split:] - self._base_size, axis=0, out=out[split:], mode="clip")
+        for segment, part, offset in ((self.base, slice(None, split), 0), (self.delta, slice(split, None), self._base_size)):
+            if len(rows[part]):
+                np.take(segment.rows.ids, rows[part] - offset, out=ids[part], mode="clip")
+                np.take(segment.rows.features, rows[part] - offset, axis=0, out=features[part], mode="clip")
 
-
-def _bound(scores: np.ndarray, count: int, size: int) -> np.ndarray:
-    """The score a code beyond the `count` fetched of `size` may reach: the last fetched one's."""
-    if count >= size or scores.shape[1] == 0:
-        return np.full(len(scores), -np.inf, np.float32)
-    return scores[:, -1]
