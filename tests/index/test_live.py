@@ -267,6 +267,18 @@ def test_compaction_writes_base_segments_and_keeps_the_answers(synthetic):
     assert s.store.changes_since(0) == []  # every change is in a segment now
 
 
+def test_compacting_one_partition_keeps_the_other_segments_open(synthetic):
+    s, ids, labels, codes, features = synthetic(n=300)
+    s.index.compact()
+    opened = {name: state.base for name, state in s.index.shards[0][0].states.items()}
+    s.remove(["item0"])  # partition "a"
+    s.index.compact([("a", 0)])
+    after = s.index.shards[0][0].states
+    assert after["b"].base is opened["b"] and after["c"].base is opened["c"]
+    assert after["a"].base is not opened["a"] and len(after["a"].base) == 99
+    assert not np.isin(ids[0], s.index.search(project(features[:1]), features[:1], shortlist=300).image_ids).any()
+
+
 def test_a_reopened_index_memory_maps_its_segments(synthetic):
     s, ids, labels, codes, features = synthetic(n=3000, partitions=("all",))
     s.index.compact()
@@ -387,13 +399,19 @@ def test_replicas_answer_in_turn_and_a_failing_one_hands_over(synthetic, monkeyp
         s.index.search(project(features[:5]), features[:5], shortlist=10)
 
 
+def segment_generations(folder) -> set[int]:
+    return {int(path.name.split(".")[0].rsplit("-g", 1)[1]) for path in (folder / "segments").iterdir()}
+
+
 def test_changing_the_shard_count_re_shards_on_compaction(synthetic):
     s, ids, labels, codes, features = synthetic(n=300)
     s.index.compact()
     resharded = s.reopen(shards=3)
     assert len(resharded.shards) == 3 and list(resharded.image_ids()) == list(ids)
+    generations_before = segment_generations(s.folder)
     resharded.compact()
     assert {seg["shard"] for seg in resharded.segment_report()} == {0, 1, 2}
+    assert min(segment_generations(s.folder)) > max(generations_before)  # no name a reader may have mapped
     again = s.reopen(shards=3)
     assert list(again.image_ids()) == list(ids)
     resharded.close()

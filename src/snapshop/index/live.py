@@ -213,8 +213,8 @@ class ShardReplica:
         ids, cosines = self._rerank(owner, rows, features)
         order = np.argsort(-cosines, axis=1, kind="stable")
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
-        explain = [{**self._explain(self.states[names[number]]),
-                    "candidates": int((owner == number).sum() / max(len(owner), 1)),
+        per_partition = np.bincount(owner[owner >= 0], minlength=len(names)) / max(len(owner), 1)
+        explain = [{**self._explain(self.states[names[number]]), "candidates": int(per_partition[number]),
                     "ms": shortlist_ms, "rerank_ms": rerank_ms} for number in searched]
         return ShardHits(np.take_along_axis(ids, order, 1), np.take_along_axis(cosines, order, 1),
                          np.asarray(names + [None], object)[np.take_along_axis(owner, order, 1)], explain)
@@ -236,7 +236,7 @@ class ShardReplica:
         step = max(1, RERANK_BLOCK // max(rows.shape[1], 1))
         for start in range(0, len(rows), step):
             block = slice(start, start + step)
-            stored = np.zeros((*rows_sorted[block].shape, features.shape[1]), np.float16)
+            stored = np.empty((*rows_sorted[block].shape, features.shape[1]), np.float16)  # pads: scored, then -inf
             for query, (query_rows, query_owner) in enumerate(zip(rows_sorted[block], owner_sorted[block])):
                 bounds = np.searchsorted(query_owner, np.arange(len(states) + 1))
                 for number in np.flatnonzero(np.diff(bounds)):
@@ -278,8 +278,8 @@ class LiveIndex:
 
     def _usable_layout(self) -> Layout:
         layout = Layout.read(self.layout_path)
-        if layout is None or layout.codec != self.codec:
-            return Layout(self.codec, self.params.shards)
+        if layout is None or layout.codec != self.codec:  # segment names stay unique: generations go on
+            return Layout(self.codec, self.params.shards, layout.generation if layout else 0)
         return layout
 
     def _load(self) -> None:
@@ -300,10 +300,11 @@ class LiveIndex:
                 layout = Layout(self.codec, self.params.shards)  # re-shard: the next compaction writes it
             seq = self.store.last_seq()
             replicas = []
-            for _ in range(self.params.replicas):
+            for replica in range(self.params.replicas):
+                opened = self._opened_segments(replica)
                 states: dict[tuple[str, int], PartitionState] = {}
                 for entry in layout.segments:
-                    base = BaseSegment.load(self.folder / SEGMENTS, entry.name)
+                    base = opened.get(entry.name) or BaseSegment.load(self.folder / SEGMENTS, entry.name)
                     empty = self._empty(entry.partition, entry.shard, entry.seq)
                     states[(entry.partition, entry.shard)] = PartitionState(
                         entry.partition, entry.shard, base, empty.delta, empty.tombstones, entry.seq)
@@ -317,6 +318,12 @@ class LiveIndex:
             self._publish(replicas, seq=lowest)
             self._replay(self.store.changes_since(lowest), upto=seq)
             self._layout_stamp = stamp
+
+    def _opened_segments(self, replica: int) -> dict[str, BaseSegment]:
+        """The base segments the current view of a replica has open, by name: a reload after a
+        compaction opens only the new ones (a segment file never changes under its name)."""
+        return {state.base.name: state.base for shard in self.shards for state in shard[replica].states.values()
+                if state.base is not None}
 
     def _rows_without_segment(self, covered: set[tuple[str, int]], seq: int) -> dict[tuple[str, int], Rows]:
         """Rows of the (partition, shard)s that have no base segment yet, read from the store."""
@@ -444,6 +451,8 @@ class LiveIndex:
         if not answers:
             empty = np.full((len(projections), 0), -1, np.int64)
             return Candidates(empty, empty.astype(np.float32), empty.astype(object))
+        if len(answers) == 1:
+            return Candidates(answers[0].image_ids, answers[0].scores, answers[0].partitions, answers[0].explain)
         ids, scores, names = (np.concatenate([getattr(a, part) for a in answers], axis=1)
                               for part in ("image_ids", "scores", "partitions"))
         order = np.argsort(-scores, axis=1, kind="stable")[:, :shortlist]
@@ -485,7 +494,7 @@ class LiveIndex:
         them in. The caller holds the index's write lock, so nothing commits meanwhile."""
         layout = self._usable_layout()
         if layout.shards != self.params.shards:  # re-shard: every segment anew
-            layout, keys = Layout(self.codec, self.params.shards), None
+            layout, keys = Layout(self.codec, self.params.shards, layout.generation), None
         shards, seq = self.shards, self.seq
         states = {(name, replicas[0].shard): state for replicas in shards for name, state in replicas[0].states.items()}
         entries = {(e.partition, e.shard): e for e in layout.segments}
@@ -494,8 +503,7 @@ class LiveIndex:
             rows = states[key].live_rows()
             entries.pop(key, None)
             if len(rows):
-                layout.generation += 1
-                name = f"p{hashlib.sha1(key[0].encode()).hexdigest()[:10]}-s{key[1]}-g{layout.generation}"
+                name = self._new_segment_name(layout, key)
                 with _one_faiss_thread():  # a compaction in the background must not slow the queries
                     BaseSegment.build(self.folder / SEGMENTS, name, rows)
                 entries[key] = SegmentEntry(name, key[0], key[1], seq)
@@ -508,6 +516,15 @@ class LiveIndex:
             self.store.prune_changes(min((e.seq for e in layout.segments), default=0))
         self._remove_unused_files(layout)
         return report
+
+    def _new_segment_name(self, layout: Layout, key: tuple[str, int]) -> str:
+        """A name no segment file has: a file's contents never change under a reader that mapped
+        it (a lost segments.json restarts the generations, so taken names are skipped)."""
+        while True:
+            layout.generation += 1
+            name = f"p{hashlib.sha1(key[0].encode()).hexdigest()[:10]}-s{key[1]}-g{layout.generation}"
+            if not (self.folder / SEGMENTS / f"{name}.ids.npy").exists():
+                return name
 
     def _remove_unused_files(self, layout: Layout) -> None:
         keep = {entry.name for entry in layout.segments}
