@@ -48,7 +48,7 @@ from snapshop.settings import load_settings
 
 K = 10
 WRITE_CHUNK = 20_000
-SHORTLISTS = (400, 800, 1600, 3200, 6400)
+SHORTLISTS = (400, 800, 1600, 2600, 3200, 6400)
 HNSW_EF = (64, 128, 256, 512)
 
 

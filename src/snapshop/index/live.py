@@ -5,7 +5,7 @@ snapshop-index/
   segments.json          which base segment each (partition, shard) has, and the change-log
                          position (seq) it holds; replaced atomically after fsync
   segments/<name>.*.npy        ids, codes, float16 features of a base segment (memory-mapped)
-  segments/<name>.signs.faiss  its code index (faiss fast-scan over the sign codes)
+  segments/<name>.signs.faiss  its codes packed for faiss fast-scan
 ```
 
 SQLite (`index.store`) is the source of truth; segment files are a derived, durable
@@ -16,9 +16,9 @@ so writes by this or another process are visible to the next query without a reb
 sees the whole old state or the whole new one, because each query reads one immutable view.
 
 Items are placed on shards by a hash of `item_id`. A query fans out to every shard; each
-shard answers from one of its replicas in turn (another one when it fails): it merges its
-partitions' code shortlists into its best `shortlist` candidates, re-ranks those by float
-cosine, and the merger keeps the global best.
+shard answers from one of its replicas in turn (another one when it fails): one scan of the
+searched partitions' codes gives its best `shortlist` candidates (index/scan.py), it re-ranks
+those by float cosine, and the merger keeps the global best.
 """
 
 from __future__ import annotations
