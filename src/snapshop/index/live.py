@@ -34,7 +34,6 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -192,11 +191,7 @@ class ShardReplica:
     def __init__(self, shard: int, states: dict[str, PartitionState]) -> None:
         self.shard = shard
         self.states = states
-
-    @cached_property
-    def codes(self) -> ShardCodes:
-        """Built at the first search of this state (two threads racing here build two; one is kept)."""
-        return ShardCodes(list(self.states.values()))
+        self.codes = ShardCodes(list(states.values()))  # by the writer that publishes it, not by a query
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None) -> ShardHits:
