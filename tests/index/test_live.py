@@ -16,7 +16,6 @@ from snapshop.errors import IndexError_
 from snapshop.index.folder import IndexFolder
 from snapshop.index.live import LAYOUT, IndexParams, LiveIndex
 from snapshop.index.scan import sign_code_index
-from snapshop.index.segments import BaseSegment
 from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
 from snapshop.models.projection import sign_code
@@ -315,27 +314,6 @@ def test_queries_during_compaction_see_the_old_or_the_new_state_never_a_mix(synt
     for thread in threads:
         thread.join()
     assert failures == []
-
-
-def test_compaction_builds_its_code_indexes_on_one_faiss_thread(synthetic, monkeypatch):
-    """A compaction runs beside queries: OpenMP workers spinning for it would take their cores."""
-    s, *_ = synthetic(n=300)
-    threads_seen: list[int] = []
-    build = BaseSegment.build
-
-    def recording(*args, **kwargs):
-        threads_seen.append(faiss.omp_get_max_threads())
-        return build(*args, **kwargs)
-
-    monkeypatch.setattr(BaseSegment, "build", recording)
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(2)
-    try:
-        s.index.compact()
-        assert faiss.omp_get_max_threads() == 2  # the caller's own setting is given back
-    finally:
-        faiss.omp_set_num_threads(before)
-    assert threads_seen == [1, 1, 1]  # one build per partition
 
 
 # --- shards and replicas --------------------------------------------------------------------------

@@ -4,8 +4,8 @@
 snapshop-index/
   segments.json          which base segment each (partition, shard) has, and the change-log
                          position (seq) it holds; replaced atomically after fsync
-  segments/<name>.*.npy        ids, codes, float16 features of a base segment (memory-mapped)
-  segments/<name>.signs.faiss  its codes packed for faiss fast-scan
+  segments/<name>.*.npy        ids, codes, float16 features of a base segment (memory-mapped;
+                               the codes also packed into a faiss list in memory)
 ```
 
 SQLite (`index.store`) is the source of truth; segment files are a derived, durable
@@ -499,8 +499,7 @@ class LiveIndex:
             entries.pop(key, None)
             if len(rows):
                 name = self._new_segment_name(layout, key)
-                with _one_faiss_thread():  # a compaction in the background must not slow the queries
-                    BaseSegment.build(self.folder / SEGMENTS, name, rows)
+                BaseSegment.build(self.folder / SEGMENTS, name, rows)  # packs codes: no OpenMP work
                 entries[key] = SegmentEntry(name, key[0], key[1], seq)
             report.append({"partition": key[0], "shard": key[1], "images": len(rows),
                            "base": entries[key].name if key in entries else None})
@@ -536,9 +535,7 @@ class LiveIndex:
 def _one_faiss_thread() -> Iterator[None]:
     """One OpenMP thread for this thread's faiss work: spinning OpenMP workers fight over busy
     cores (measured on 2 cores with other work running: 33 ms a query in batches of 32 with two
-    threads, 9 ms with one; a query's p99 during a compaction at 1M images, 15.0 ms with the
-    compaction's code index built on two threads, 11.7 ms on one); parallelism comes from
-    shards and concurrent queries."""
+    threads, 9 ms with one); parallelism comes from shards and concurrent queries."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:

@@ -10,7 +10,7 @@ faiss computes it with its 4-bit fast-scan product quantizer whose every codeboo
 corners of a 4-d cube (±1 on each axis): a code's PQ encoding is then its own bits, stored once,
 32 bytes per image at 256 bits, and each image's score is a sum of SIMD table lookups.
 
-A segment's packed codes are one faiss inverted list (`CodeList`), labelled `tag << 32 | row`.
+A segment's codes are one faiss inverted list (`CodeList`), labelled `tag << 32 | row`.
 A shard stacks the lists of all its segments, without copying them, under one fast-scan IVF
 index (`CodeScan`) and searches the lists of the partitions a query asks for with
 `search_preassigned`: one pass and one heap of R for every partition, where a scan per
@@ -28,6 +28,8 @@ import numpy as np
 
 CORNERS = np.array([[1.0 if (corner >> axis) & 1 else -1.0 for axis in range(4)] for corner in range(16)], np.float32)
 ADD_CHUNK = 65_536
+BLOCK = 32  # codes per fast-scan block
+REVERSED_BITS = np.array([int(f"{byte:08b}"[::-1], 2) for byte in range(256)], np.uint8)
 TAG_SHIFT = 32
 ROW_MASK = (1 << TAG_SHIFT) - 1
 _tags = itertools.count(1)  # process-wide: two lists stacked together never share a tag
@@ -45,8 +47,9 @@ def _with_corner_codebooks(index: faiss.IndexPQFastScan | faiss.IndexIVFPQFastSc
 
 
 def sign_code_index(codes: np.ndarray) -> faiss.IndexPQFastScan:
-    """A faiss index of packed codes that scores a query projection q against code b as
-    sum_i q_i * (±1 by bit i of b); its labels are row numbers."""
+    """A flat faiss index of packed codes that scores a query projection q against code b as
+    sum_i q_i * (±1 by bit i of b); its labels are row numbers. (The engine holds its codes as
+    `CodeList`s; this is the same scan over one array, for comparisons.)"""
     bits = codes.shape[1] * 8
     index = _with_corner_codebooks(faiss.IndexPQFastScan(bits, bits // 4, 4, faiss.METRIC_INNER_PRODUCT), bits)
     for start in range(0, len(codes), ADD_CHUNK):  # each cube corner encodes as itself: the code's own bits
@@ -67,27 +70,37 @@ def _lists_index(bits: int, lists: int) -> faiss.IndexIVFPQFastScan:
 class CodeList:
     """One segment's codes as a one-list faiss index, labelled `tag << 32 | row`.
 
-    The packed blocks of the segment's `IndexPQFastScan` are the layout of a fast-scan
-    inverted list, so they are copied in as they are (no re-encoding)."""
+    A code's PQ encoding over the corner codebooks is its own bits (the low nibble of a PQ byte
+    holds dims 8j..8j+3, dim 8j in its lowest bit: our packed bytes with their bits reversed),
+    so the list is filled by faiss's own fast-scan packer, block by block, without encoding
+    float vectors (30 ms for 100,000 codes against 380 ms through `IndexPQFastScan.add`)."""
 
-    def __init__(self, codes: faiss.IndexPQFastScan) -> None:
+    def __init__(self, codes: np.ndarray) -> None:
         self.tag = next(_tags)
-        self.size = int(codes.ntotal)
-        self.bits = int(codes.d)
+        self.size, self.bits = len(codes), codes.shape[1] * 8
         self._owner = _lists_index(self.bits, 1)
         self.invlists = self._owner.invlists
         if self.size:
+            lists = faiss.downcast_InvertedLists(self.invlists)
+            blocks = _fast_scan_blocks(codes, lists.packer)
             labels = np.arange(self.size, dtype=np.int64) | (self.tag << TAG_SHIFT)
-            faiss.downcast_InvertedLists(self.invlists).add_entries(0, self.size, faiss.swig_ptr(labels), codes.codes.get())
+            lists.add_entries(0, self.size, faiss.swig_ptr(labels), faiss.swig_ptr(blocks))  # whole blocks, copied
 
     @property
     def nbytes(self) -> int:
         """Memory it holds: packed codes (whole blocks of 32) and an 8-byte label per code."""
-        return -(-self.size // 32) * 32 * self.bits // 8 + 8 * self.size
+        return -(-self.size // BLOCK) * BLOCK * self.bits // 8 + 8 * self.size
 
-    @classmethod
-    def of_codes(cls, codes: np.ndarray) -> "CodeList":
-        return cls(sign_code_index(np.ascontiguousarray(codes)))
+
+def _fast_scan_blocks(codes: np.ndarray, packer: faiss.CodePacker) -> np.ndarray:
+    """Packed codes (N x bits/8) laid out as faiss fast-scan blocks of 32 codes."""
+    blocks = -(-len(codes) // BLOCK)
+    pq_codes = np.zeros((blocks * BLOCK, codes.shape[1]), np.uint8)
+    pq_codes[: len(codes)] = REVERSED_BITS[codes]
+    packed = np.empty((blocks, packer.block_size), np.uint8)
+    for block in range(blocks):
+        packer.pack_all(faiss.swig_ptr(pq_codes[block * BLOCK : (block + 1) * BLOCK]), faiss.swig_ptr(packed[block]))
+    return packed
 
 
 class CodeScan:

@@ -1,7 +1,8 @@
 """Segments: the units a partition is made of, and their files.
 
 A *base* segment is immutable and lives on disk: image ids (sorted), packed codes and
-float16 features as `.npy` files opened memory-mapped, plus its code index (`.signs.faiss`).
+float16 features as `.npy` files opened memory-mapped; its codes are also held in memory as
+a faiss list (packed when the segment is opened).
 A *delta* segment holds the recent writes in memory. Both are values: a write makes a new
 delta, so a query that started on the old one finishes on it.
 
@@ -15,10 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
-from snapshop.index.scan import CodeList, sign_code_index
+from snapshop.index.scan import CodeList
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,6 @@ class BaseSegment:
     def build(cls, folder: Path, name: str, rows: Rows) -> "BaseSegment":
         """Write a new segment's files (fsynced) and open it."""
         folder.mkdir(parents=True, exist_ok=True)
-        index = sign_code_index(np.ascontiguousarray(rows.codes))
-        _write_durably(folder / f"{name}.signs.faiss", lambda path: faiss.write_index(index, str(path)))
         for part in ("ids", "codes", "features"):
             _write_durably(folder / f"{name}.{part}.npy", lambda path, part=part: np.save(path, getattr(rows, part)))
         fsync_folder(folder)
@@ -79,13 +77,10 @@ class BaseSegment:
     @classmethod
     def load(cls, folder: Path, name: str) -> "BaseSegment":
         """Open a segment: rows memory-mapped (plain ndarray views of the maps: indexing a
-        np.memmap costs a Python wrapper per call); the code index read (or, for a segment
-        written by an older snapshop, built from the codes) and its packed codes moved into a list."""
+        np.memmap costs a Python wrapper per call), codes packed into a faiss list."""
         rows = Rows(*(np.asarray(np.load(folder / f"{name}.{part}.npy", mmap_mode="r"))
                       for part in ("ids", "codes", "features")))
-        index_file = folder / f"{name}.signs.faiss"
-        index = faiss.read_index(str(index_file)) if index_file.is_file() else sign_code_index(rows.codes)
-        return cls(name, rows, CodeList(index))
+        return cls(name, rows, CodeList(rows.codes))
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ class DeltaSegment:
     @classmethod
     def empty(cls, bits: int, dim: int) -> "DeltaSegment":
         rows = Rows.empty(bits, dim)
-        return cls(rows, CodeList.of_codes(rows.codes))
+        return cls(rows, CodeList(rows.codes))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -107,7 +102,7 @@ class DeltaSegment:
         """A new delta with `added` rows and without the `removed` ids."""
         gone = np.isin(self.rows.ids, removed) if len(removed) else np.zeros(len(self.rows), bool)
         rows = self.rows.take(~gone).concat(added)
-        return DeltaSegment(rows, CodeList.of_codes(rows.codes))
+        return DeltaSegment(rows, CodeList(rows.codes))
 
 
 def _write_durably(path: Path, write) -> None:
