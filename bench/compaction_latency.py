@@ -5,7 +5,7 @@
 Each repeat: the p99 of 500 single queries (the SIMULATED shopper photos' embeddings, one
 core, default shortlist), then one partition (about 100,000 images of 70,000 real + SYNTHETIC
 embeddings) compacted in a background thread while queries run, and the p99 of those; a
-different partition each repeat. (Until 4991450 this script also compared a compaction that
+different partition each repeat. (Before 0f63e3d this script also compared a compaction that
 built its code index on two faiss threads; a compaction now only packs codes, no OpenMP
 work, so there is one way left to measure.)
 
