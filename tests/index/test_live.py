@@ -14,7 +14,8 @@ import pytest
 
 from snapshop.errors import IndexError_
 from snapshop.index.folder import IndexFolder
-from snapshop.index.live import LAYOUT, IndexParams, LiveIndex
+from snapshop.index import scan
+from snapshop.index.live import LAYOUT, IndexParams, LiveIndex, ShardCodes
 from snapshop.index.scan import sign_code_index
 from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
@@ -155,9 +156,35 @@ def test_a_batch_re_ranked_block_by_block_answers_as_single_queries_do(synthetic
         np.testing.assert_allclose(batch.scores[row], single.scores[0], rtol=1e-6)
 
 
-def test_one_scan_shortlists_the_best_live_codes_of_the_searched_partitions(synthetic):
+SCANS = {
+    "top-k": {},
+    "threshold": {"SAMPLED_LIST_MIN": 32, "SAMPLE_STRIDE": 4, "THRESHOLD_SCAN_MIN": 2},
+    "threshold set too high": {"SAMPLED_LIST_MIN": 32, "SAMPLE_STRIDE": 4, "THRESHOLD_SCAN_MIN": 2},
+}
+
+
+def _above_a_higher_threshold(above):
+    """A threshold scan whose sample misjudged: only the best five codes pass."""
+    def scan_above(self, *args):
+        answers = above(self, *args)
+        return answers and [tuple(part[np.argsort(-scores)[:5]] for part in (scores, lists, rows))
+                            for scores, lists, rows in answers]
+    return scan_above
+
+
+@pytest.mark.parametrize("scan_kind", SCANS)
+def test_one_scan_shortlists_the_best_live_codes_of_the_searched_partitions(synthetic, monkeypatch, scan_kind):
     """Base and delta of every partition in one faiss scan: the shortlist holds the best-scoring
-    live codes of the searched partitions only, tombstones skipped even when they crowd its top."""
+    live codes of the searched partitions only, tombstones skipped even when they crowd its top;
+    by a top-k scan, or by a threshold scan (a query it leaves short asks the top-k scan)."""
+    for name, value in SCANS[scan_kind].items():
+        monkeypatch.setattr(scan, name, value)
+    if scan_kind == "threshold set too high":
+        monkeypatch.setattr(scan.CodeScan, "above_threshold", _above_a_higher_threshold(scan.CodeScan.above_threshold))
+    by_top_k = []
+    top_k = ShardCodes._top_k
+    monkeypatch.setattr(ShardCodes, "_top_k", lambda self, projections, *args: (
+        by_top_k.append(len(projections)), top_k(self, projections, *args))[1])
     s, ids, labels, codes, features = synthetic(n=600)
     s.index.compact()
     new_codes, new_features = random_vectors(60, seed=5)
@@ -179,10 +206,14 @@ def test_one_scan_shortlists_the_best_live_codes_of_the_searched_partitions(synt
         reference = sign_code_index(all_codes[candidates])
         scores, rows = reference.search(project(queries), len(candidates))
         score_of = [dict(zip(all_ids[candidates[r]], q)) for r, q in zip(rows, scores)]
+        by_top_k.clear()
         found = s.index.search(project(queries), queries, shortlist=20, partitions=partitions).image_ids
         assert found.shape == (4, 20) and not np.isin(found, all_ids[removed]).any()
         for query in range(4):
             assert sorted(score_of[query][i] for i in found[query]) == sorted(scores[query, :20])
+        assert sum(by_top_k) == {"top-k": 4, "threshold": sum(by_top_k), "threshold set too high": 4}[scan_kind]
+        if scan_kind == "threshold":
+            assert sum(by_top_k) < 4  # most answered by threshold (query 0 may be left short by its tombstones)
 
 
 @pytest.mark.parametrize("bad", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from snapshop.index import scan
 from snapshop.index.scan import CodeList, CodeScan, sign_code_index
 
 SIZES = (1, 31, 33, 70, 0)  # around the 32-code block, and an empty list
@@ -40,3 +41,47 @@ def test_a_list_holds_its_packed_codes_and_a_label_per_code():
     code_list = CodeList(np.zeros((33, 32), np.uint8))
     assert code_list.size == 33 and code_list.bits == 256
     assert code_list.nbytes == 64 * 32 + 33 * 8  # two blocks of 32 codes
+
+
+@pytest.fixture
+def sampled(monkeypatch):
+    """Lists long enough to be sampled, one code in four; a threshold scan whenever the sampled
+    codes outnumber the wanted ones twice."""
+    monkeypatch.setattr(scan, "SAMPLED_LIST_MIN", 64)
+    monkeypatch.setattr(scan, "SAMPLE_STRIDE", 4)
+    monkeypatch.setattr(scan, "THRESHOLD_SCAN_MIN", 2)
+    rng = np.random.default_rng(1)
+    codes = [rng.integers(0, 256, (size, 32), dtype=np.uint8) for size in (300, 40, 500, 0, 257)]
+    return codes, CodeScan([CodeList(part) for part in codes]), rng.standard_normal((6, 256)).astype(np.float32)
+
+
+@pytest.mark.parametrize("probe", [[0, 1, 2, 3, 4], [2, 4], [1, 0]])
+def test_a_threshold_scan_returns_every_code_above_its_threshold(sampled, probe):
+    codes, code_scan, queries = sampled
+    answers = code_scan.above_threshold(queries, 30, np.array(probe))
+    assert answers is not None and len(answers) == len(queries)
+    flat = sign_code_index(np.concatenate([codes[number] for number in probe]))
+    everything = flat.search(queries, flat.ntotal)[0]
+    for query, ((scores, lists, rows), all_scores) in enumerate(zip(answers, everything)):
+        passed = len(scores)
+        assert 30 * 0.5 < passed < 30 * 4  # aimed at 1.25 x 30 by the sample
+        assert np.array_equal(np.sort(scores)[::-1], all_scores[:passed])  # the best ones, none above left out
+        assert set(lists) <= set(probe) and len(set(zip(lists, rows))) == passed
+        own_scores = [sign_code_index(codes[number][row : row + 1]).search(queries[query : query + 1], 1)[0][0, 0]
+                      for number, row in zip(lists, rows)]
+        assert np.array_equal(own_scores, scores)  # each score is its own code's
+
+
+def test_no_threshold_scan_where_it_would_not_pay(sampled):
+    codes, code_scan, queries = sampled
+    assert code_scan.above_threshold(queries, 401, np.array([0, 2])) is None  # 800 codes, not twice 401
+    assert code_scan.above_threshold(queries, 10, np.array([1, 3])) is None  # no sampled list
+    short = CodeScan([CodeList(codes[1])])
+    assert short.above_threshold(queries, 5, np.array([0])) is None
+
+
+def test_a_sample_is_one_code_in_stride_and_counts_in_memory(sampled):
+    codes, code_scan, _ = sampled
+    sample = code_scan.lists[0].sample
+    assert sample is not None and sample.size == 75 and sample.sample is None
+    assert code_scan.lists[0].nbytes == 320 * 32 + 300 * 8 + 96 * 32 + 75 * 8

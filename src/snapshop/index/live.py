@@ -43,7 +43,7 @@ import numpy as np
 from snapshop.errors import IndexError_
 from snapshop.index import rerank
 from snapshop.index.partition import PartitionState
-from snapshop.index.scan import CodeScan
+from snapshop.index.scan import ROW_MASK, TAG_SHIFT, CodeScan
 from snapshop.index.segments import BaseSegment, Rows
 from snapshop.index.store import Change, MetadataStore, StoredVectors
 
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
+PAD = np.iinfo(np.int64).max  # a shortlist key that sorts after every (list, row)
 RERANK_BLOCK = 32_768  # candidate rows gathered for one re-rank call (16 MB of float16 at 256 dimensions)
 
 
@@ -147,14 +148,15 @@ class ShardHits:
 
 
 class ShardCodes:
-    """A shard's code lists stacked for one scan: the partition (by number) each list belongs
-    to, the partition row of its first row, and which of its rows are tombstoned."""
+    """A shard's code lists stacked for one scan, with the partition (by number) and the rows
+    each list belongs to, and which of its rows are tombstoned."""
 
     def __init__(self, states: Sequence[PartitionState]) -> None:
         entries = [(number, *entry) for number, state in enumerate(states) for entry in state.code_lists()]
         self.scan = CodeScan([code_list for _, code_list, _, _ in entries])
         self.owner = np.array([number for number, *_ in entries], np.int64)
-        self.first_row = np.array([first_row for _, _, first_row, _ in entries], np.int64)
+        self.rows = [rows for _, _, rows, _ in entries]
+        self._lists_of = [np.flatnonzero(self.owner == number) for number in range(len(states))]
         self.start = np.concatenate([[0], np.cumsum(self.scan.sizes)[:-1]]).astype(np.int64)
         self.dead = (np.concatenate([np.zeros(code_list.size, bool) if dead is None else dead
                                      for _, code_list, _, dead in entries])
@@ -162,27 +164,46 @@ class ShardCodes:
         self.dead_count = np.array([0 if dead is None else int(dead.sum()) for *_, dead in entries], np.int64)
 
     def shortlist(self, projections: np.ndarray, shortlist: int, partitions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per query, the best `shortlist` live codes of the given partitions, best first: their
-        partition numbers and partition rows (-1 pad).
+        """Per query, the best `shortlist` live codes of the given partitions (in no order): their
+        list numbers and rows in their list (rows -1 pad).
 
-        Tombstoned codes are dropped after the scan, so it fetches that many more than the
-        shortlist as their share of the lists predicts (twice over); a query left short asks again."""
-        probe = np.flatnonzero(np.isin(self.owner, partitions))
+        A threshold scan answers where it pays and passes enough live codes; else a top-k scan,
+        which fetches as many more than the shortlist as the tombstones' share of the lists
+        predicts (twice over), since tombstoned codes are dropped after the scan, and asks
+        again for a query left short."""
+        probe = (np.concatenate([self._lists_of[number] for number in partitions])
+                 if len(partitions) else np.zeros(0, np.int64))
         total, dead = int(self.scan.sizes[probe].sum()), int(self.dead_count[probe].sum())
-        extra = int(np.ceil(2 * shortlist * dead / max(total, 1))) + 16 if dead else 0
+        width = min(shortlist, total)
+        lists, rows = np.zeros((len(projections), width), np.int64), np.full((len(projections), width), -1, np.int64)
+        left = np.ones(len(projections), bool)
+        above = self.scan.above_threshold(projections, width, probe) if width else None
+        for query, (scores, found_lists, found_rows) in enumerate(above or []):
+            if dead:
+                alive = ~self.dead[self.start[found_lists] + found_rows]
+                scores, found_lists, found_rows = scores[alive], found_lists[alive], found_rows[alive]
+            if len(scores) >= width:
+                best = np.argpartition(-scores, width - 1)[:width] if len(scores) > width else slice(None)
+                lists[query], rows[query], left[query] = found_lists[best], found_rows[best], False
+        if left.any():
+            lists[left], rows[left] = self._top_k(projections[left], width, probe, total, dead)
+        return lists, rows
+
+    def _top_k(self, projections: np.ndarray, width: int, probe: np.ndarray, total: int,
+               dead: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top-k scan's best `width` live codes per query (list numbers, rows; rows -1 pad)."""
+        extra = int(np.ceil(2 * width * dead / max(total, 1))) + 16 if dead else 0
         while True:
-            _, lists, rows = self.scan.search(projections, shortlist + extra, probe)
-            alive = lists >= 0
+            _, lists, rows = self.scan.search(projections, width + extra, probe)
+            alive = rows >= 0
             if dead:
                 alive &= ~self.dead[self.start[np.maximum(lists, 0)] + rows]
-            if lists.shape[1] >= total or (alive.sum(axis=1) >= shortlist).all():
+            if lists.shape[1] >= total or (alive.sum(axis=1) >= width).all():
                 break
             extra *= 2
-        if dead:
-            kept = np.argsort(~alive, axis=1, kind="stable")[:, :shortlist]  # live ones first, in score order
-            lists, rows, alive = (np.take_along_axis(a, kept, 1) for a in (lists, rows, alive))
-        return (np.where(alive, self.owner[np.maximum(lists, 0)], -1),
-                np.where(alive, self.first_row[np.maximum(lists, 0)] + rows, -1))
+        kept = np.argsort(~alive, axis=1, kind="stable")[:, :width]  # live ones first
+        lists, rows, alive = (np.take_along_axis(a, kept, 1) for a in (lists, rows, alive))
+        return np.maximum(lists, 0), np.where(alive, rows, -1)
 
 
 class ShardReplica:
@@ -192,6 +213,7 @@ class ShardReplica:
         self.shard = shard
         self.states = states
         self.codes = ShardCodes(list(states.values()))  # by the writer that publishes it, not by a query
+        self._names = np.asarray(list(states) + [None], object)
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None) -> ShardHits:
@@ -202,46 +224,44 @@ class ShardReplica:
             empty = np.full((len(projections), 0), -1, np.int64)
             return ShardHits(empty, empty.astype(np.float32), empty.astype(object), [])
         start = time.perf_counter()
-        owner, rows = self.codes.shortlist(projections, shortlist, searched)
+        lists, rows = self.codes.shortlist(projections, shortlist, searched)
         shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
         start = time.perf_counter()
-        ids, cosines = self._rerank(owner, rows, features)
-        order = np.argsort(-cosines, axis=1, kind="stable")
+        ids, cosines, lists = self._rerank(lists, rows, features)
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
-        per_partition = np.bincount(owner[owner >= 0], minlength=len(names)) / max(len(owner), 1)
+        owner = np.where(lists >= 0, self.codes.owner[lists], len(names))  # a pad's list, -1, picks any
+        per_partition = np.bincount(owner.ravel(), minlength=len(names) + 1) / max(len(owner), 1)
         explain = [{**self._explain(self.states[names[number]]), "candidates": int(per_partition[number]),
                     "ms": shortlist_ms, "rerank_ms": rerank_ms} for number in searched]
-        return ShardHits(np.take_along_axis(ids, order, 1), np.take_along_axis(cosines, order, 1),
-                         np.asarray(names + [None], object)[np.take_along_axis(owner, order, 1)], explain)
+        return ShardHits(ids, cosines, self._names[owner], explain)
 
-    def _rerank(self, owner: np.ndarray, rows: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Image ids of the shortlisted rows (-1 where none) and their float cosine with each
-        query (-inf where none).
+    def _rerank(self, lists: np.ndarray, rows: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The shortlisted rows' image ids, float cosines with their query and list numbers,
+        best first (-1 / -inf / -1 pad).
 
-        Each query's candidates are gathered sorted by partition and row, so each partition's
-        ids and features are copied in one ascending pass straight into the re-rank's input, a
-        block of queries at a time (RERANK_BLOCK rows at most); the scores are put back in
-        shortlist order."""
-        states = list(self.states.values())
-        order = np.argsort(np.where(rows >= 0, owner << 40 | rows, np.iinfo(np.int64).max), axis=1)
-        rows_sorted = np.take_along_axis(rows, order, 1)
-        owner_sorted = np.where(rows_sorted >= 0, np.take_along_axis(owner, order, 1), len(states))
-        ids_sorted = np.full(rows.shape, -1, np.int64)
-        cosines_sorted = np.empty(rows.shape, np.float32)
-        step = max(1, RERANK_BLOCK // max(rows.shape[1], 1))
-        for start in range(0, len(rows), step):
+        Each query's candidates are read sorted by list and row, so each list's ids and features
+        are copied in one ascending pass straight into the re-rank's input, a block of queries at
+        a time (RERANK_BLOCK rows at most)."""
+        key = np.sort(np.where(rows >= 0, lists << TAG_SHIFT | rows, PAD), axis=1)
+        lists, rows = key >> TAG_SHIFT, key & ROW_MASK
+        ids = np.full(key.shape, -1, np.int64)
+        cosines = np.empty(key.shape, np.float32)
+        step = max(1, RERANK_BLOCK // max(key.shape[1], 1))
+        list_numbers = np.arange(len(self.codes.rows) + 1)
+        for start in range(0, len(key), step):
             block = slice(start, start + step)
-            stored = np.empty((*rows_sorted[block].shape, features.shape[1]), np.float16)  # pads: scored, then -inf
-            for query, (query_rows, query_owner) in enumerate(zip(rows_sorted[block], owner_sorted[block])):
-                bounds = np.searchsorted(query_owner, np.arange(len(states) + 1))
+            stored = np.empty((*key[block].shape, features.shape[1]), np.float16)  # pads: scored, then -inf
+            for query, query_lists in enumerate(lists[block], start):
+                bounds = np.searchsorted(query_lists, list_numbers)
                 for number in np.flatnonzero(np.diff(bounds)):
-                    low, high = bounds[number], bounds[number + 1]
-                    states[number].gather(query_rows[low:high], ids_sorted[start + query, low:high], stored[query, low:high])
-            cosines_sorted[block] = rerank.cosines(stored, features[block])
-        ids, cosines = np.empty_like(ids_sorted), np.empty_like(cosines_sorted)
-        np.put_along_axis(ids, order, ids_sorted, 1)
-        np.put_along_axis(cosines, order, cosines_sorted, 1)
-        return ids, np.where(rows >= 0, cosines, -np.inf)
+                    span, segment = slice(bounds[number], bounds[number + 1]), self.codes.rows[number]
+                    np.take(segment.ids, rows[query, span], out=ids[query, span])
+                    np.take(segment.features, rows[query, span], axis=0, out=stored[query - start, span])
+            cosines[block] = rerank.cosines(stored, features[block])
+        cosines[key == PAD] = -np.inf
+        order = np.argsort(-cosines, axis=1)
+        lists = np.where(key == PAD, -1, lists)
+        return tuple(np.take_along_axis(a, order, 1) for a in (ids, cosines, lists))
 
     def _explain(self, state: PartitionState) -> dict:
         return {"partition": state.partition, "shard": self.shard, "base": "codes" if state.base else None,

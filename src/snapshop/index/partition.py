@@ -1,8 +1,8 @@
 """One category partition of one shard: base segment + delta segment + tombstones.
 
 Its shard searches the codes of every partition in one scan (`code_lists` names them, with
-how their rows are numbered and which are tombstoned: those are filtered at search time),
-then asks each partition for the ids and float16 features of the candidates it keeps.
+their rows and which are tombstoned: those are filtered at search time), then reads the ids
+and float16 features of the candidates it keeps from those rows.
 """
 
 from __future__ import annotations
@@ -65,23 +65,12 @@ class PartitionState:
         delta = self.delta.with_rows(added, removed[~in_base]) if len(added) or (~in_base).any() else self.delta
         return replace(self, delta=delta, tombstones=tombstones)
 
-    def code_lists(self) -> list[tuple[CodeList, int, np.ndarray | None]]:
-        """Each non-empty segment's codes with the partition row of its first row (base rows
-        first, then the delta's) and, for the base, which rows are tombstoned (None: none)."""
+    def code_lists(self) -> list[tuple[CodeList, Rows, np.ndarray | None]]:
+        """Each non-empty segment's codes with its rows (base first, then the delta) and, for
+        the base, which of them are tombstoned (None: none)."""
         lists = []
         if self.base is not None:
-            lists.append((self.base.codes, 0, self._dead if len(self.tombstones) else None))
+            lists.append((self.base.codes, self.base.rows, self._dead if len(self.tombstones) else None))
         if len(self.delta):
-            lists.append((self.delta.codes, self._base_size, None))
+            lists.append((self.delta.codes, self.delta.rows, None))
         return lists
-
-    def gather(self, rows: np.ndarray, ids: np.ndarray, features: np.ndarray) -> None:
-        """Write the image ids and float16 features of candidate rows (partition rows,
-        ascending, none -1) into `ids` and `features`: one ascending read of the base's memory
-        maps, then the delta's."""
-        split = int(np.searchsorted(rows, self._base_size))
-        for segment, part, offset in ((self.base, slice(None, split), 0), (self.delta, slice(split, None), self._base_size)):
-            if len(rows[part]):
-                np.take(segment.rows.ids, rows[part] - offset, out=ids[part], mode="clip")
-                np.take(segment.rows.features, rows[part] - offset, axis=0, out=features[part], mode="clip")
-

@@ -16,6 +16,13 @@ index (`CodeScan`) and searches the lists of the partitions a query asks for wit
 `search_preassigned`: one pass and one heap of R for every partition, where a scan per
 partition kept a heap each and the shard merged them (1M images in ten partitions, shortlist
 2600, same machine and day: 4.6-4.9 ms a query against 7.7-8.7 ms; docs/benchmarks.md).
+
+A shortlist many times smaller than the codes it is drawn from is found by threshold instead
+(`CodeScan.above_threshold`): faiss's top-k scan slows as k grows (its reservoir refills and
+re-selects from the start of the scan, when its threshold is still low), while a scan against
+a fixed threshold only collects what passes. Every long list keeps a sample of its codes (one in
+SAMPLE_STRIDE); the score that a little more than the wanted share of the sample exceeds is the
+threshold, and one faiss range search over the lists returns every code above it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ REVERSED_BITS = np.array([int(f"{byte:08b}"[::-1], 2) for byte in range(256)], n
 TAG_SHIFT = 32
 ROW_MASK = (1 << TAG_SHIFT) - 1
 _tags = itertools.count(1)  # process-wide: two lists stacked together never share a tag
+SAMPLE_STRIDE = 16  # a long list's sample holds one code in 16 ...
+SAMPLED_LIST_MIN = 4_096  # ... of lists this long or longer
+THRESHOLD_SCAN_MIN = 64  # a threshold scan pays when the sampled codes outnumber the wanted ones 64 times
+SLACK = 1.25  # the threshold aims to pass this many times the wanted count
+RANGE_INDEXES_KEPT = 64  # views of probed subsets kept for threshold scans
 
 
 def code_signs(codes: np.ndarray) -> np.ndarray:
@@ -75,9 +87,11 @@ class CodeList:
     so the list is filled by faiss's own fast-scan packer, block by block, without encoding
     float vectors (30 ms for 100,000 codes against 380 ms through `IndexPQFastScan.add`)."""
 
-    def __init__(self, codes: np.ndarray) -> None:
+    def __init__(self, codes: np.ndarray, *, sampled: bool = True) -> None:
         self.tag = next(_tags)
         self.size, self.bits = len(codes), codes.shape[1] * 8
+        self.sample = (CodeList(np.ascontiguousarray(codes[::SAMPLE_STRIDE]), sampled=False)
+                       if sampled and self.size >= SAMPLED_LIST_MIN else None)
         self._owner = _lists_index(self.bits, 1)
         self.invlists = self._owner.invlists
         if self.size:
@@ -88,8 +102,9 @@ class CodeList:
 
     @property
     def nbytes(self) -> int:
-        """Memory it holds: packed codes (whole blocks of 32) and an 8-byte label per code."""
-        return -(-self.size // BLOCK) * BLOCK * self.bits // 8 + 8 * self.size
+        """Memory it holds: packed codes (whole blocks of 32) and an 8-byte label per code, its sample's too."""
+        own = -(-self.size // BLOCK) * BLOCK * self.bits // 8 + 8 * self.size
+        return own + (self.sample.nbytes if self.sample is not None else 0)
 
 
 def _fast_scan_blocks(codes: np.ndarray, packer: faiss.CodePacker) -> np.ndarray:
@@ -113,14 +128,12 @@ class CodeScan:
         self._tag_order = np.argsort(tags)
         self._sorted_tags = tags[self._tag_order]
         if self.lists:
-            self._index = _lists_index(self.lists[0].bits, len(self.lists))
-            self._pointers = faiss.InvertedListsPtrVector()
-            for code_list in self.lists:
-                self._pointers.push_back(code_list.invlists)
-            self._stack = faiss.VStackInvertedLists(len(self.lists), self._pointers.data())
-            self._index.replace_invlists(self._stack, False)  # the stack and its lists stay owned here
-            self._index.ntotal = int(self.sizes.sum())
-            self._index.nprobe = len(self.lists)
+            self._index, self._stack = _stacked(self.lists)
+        sampled = [number for number, code_list in enumerate(self.lists) if code_list.sample is not None]
+        self._samples = CodeScan([self.lists[number].sample for number in sampled]) if sampled else None
+        self._sample_of = np.full(len(self.lists), -1, np.int64)
+        self._sample_of[sampled] = np.arange(len(sampled))
+        self._range_indexes: dict[bytes, tuple[faiss.IndexIVFPQFastScan, object]] = {}
 
     def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The best `count` codes of the lists numbered `probe`, per query, best first: their
@@ -140,6 +153,58 @@ class CodeScan:
                                          faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores),
                                          faiss.swig_ptr(labels), False)
         found = labels >= 0
+        lists, rows = self._lists_and_rows(labels)
+        return np.where(found, scores, -np.inf).astype(np.float32), np.where(found, lists, -1), np.where(found, rows, -1)
+
+    def above_threshold(self, projections: np.ndarray, count: int,
+                        probe: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """Per query, every code of the lists numbered `probe` scoring above a threshold that
+        about SLACK x `count` of them pass, as scores, list numbers and rows (in no order); the
+        threshold is estimated from the lists' samples, so fewer than `count` may pass. None
+        where the probed lists are too few or too short for a threshold scan to pay."""
+        if self._samples is None or not len(probe):
+            return None
+        sample_probe = self._sample_of[probe]
+        sampled_total = int(self.sizes[probe][sample_probe >= 0].sum())
+        sample_probe = sample_probe[sample_probe >= 0]
+        sample_total = int(self._samples.sizes[sample_probe].sum())
+        if sampled_total < THRESHOLD_SCAN_MIN * count:
+            return None
+        share = min(sample_total, int(np.ceil(count * SLACK * sample_total / sampled_total)) + 8)
+        thresholds = self._samples.search(projections, share, sample_probe)[0][:, -1]
+        index = self._range_index(probe)
+        answers = []
+        for projection, threshold in zip(np.ascontiguousarray(projections, np.float32), thresholds):
+            _, scores, labels = index.range_search(projection[None], float(threshold))
+            answers.append((scores, *self._lists_and_rows(labels)))
+        return answers
+
+    def _lists_and_rows(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The list number and row of each label (garbage where a label is -1)."""
         lists = self._tag_order[np.searchsorted(self._sorted_tags, labels >> TAG_SHIFT).clip(0, len(self.lists) - 1)]
-        return (np.where(found, scores, -np.inf).astype(np.float32), np.where(found, lists, -1),
-                np.where(found, labels & ROW_MASK, -1))
+        return lists, labels & ROW_MASK
+
+    def _range_index(self, probe: np.ndarray) -> faiss.IndexIVFPQFastScan:
+        """An index over just the lists numbered `probe` (a faiss range search visits every list
+        of its index), kept for the next query that probes them."""
+        if len(probe) == len(self.lists):
+            return self._index
+        key = probe.tobytes()
+        if key not in self._range_indexes:
+            if len(self._range_indexes) >= RANGE_INDEXES_KEPT:
+                self._range_indexes.clear()
+            self._range_indexes[key] = _stacked([self.lists[number] for number in probe])
+        return self._range_indexes[key][0]
+
+
+def _stacked(lists: Sequence[CodeList]) -> tuple[faiss.IndexIVFPQFastScan, object]:
+    """One index over the given lists, every one probed by default, and what keeps its stack alive."""
+    index = _lists_index(lists[0].bits, len(lists))
+    pointers = faiss.InvertedListsPtrVector()
+    for code_list in lists:
+        pointers.push_back(code_list.invlists)
+    stack = faiss.VStackInvertedLists(len(lists), pointers.data())
+    index.replace_invlists(stack, False)  # the stack and its lists stay owned by the caller
+    index.ntotal = sum(code_list.size for code_list in lists)
+    index.nprobe = len(lists)
+    return index, (stack, pointers, lists)
