@@ -15,7 +15,8 @@ Needs the vectors of `bench/real_embeddings.py` (run it first). Data, said plain
 Everything goes through the real write path (SQLite change log -> live index -> compaction
 into base segments). Every search runs on one core (one faiss / BLAS thread), over all
 partitions. Printed, measured in this one run: recall@10 against exact float cosine (faiss
-IndexFlatIP) and ms per single query for ours at several shortlist sizes, for a Hamming
+IndexFlatIP) and ms per single query for ours at several shortlist sizes (with IndexFlatIP
+timed again just before and after each, as this machine's speed wanders), for a Hamming
 shortlist of the same codes with the same re-rank, for IndexFlatIP and for float HNSW; the
 memory each holds; 10,000 adds and 10,000 removes from the call until the next query sees
 them (commit + the index's refresh); query latency while a
@@ -246,7 +247,11 @@ def main() -> None:
         report["index_flat_ip"] = {"ms_per_query": round(flat_ms, 2), "ms_per_query_batched": round(flat_batch_ms, 3),
                                    "ram_mb": round(features.nbytes / 2**20, 1)}
         print("IndexFlatIP", report["index_flat_ip"])
-        del flat
+
+        def flat_alongside() -> float:
+            """IndexFlatIP's ms per query again, right beside a measurement of ours (this
+            machine's speed wanders between minutes)."""
+            return per_query_ms(lambda q: flat.search(query_features[q : q + 1], K), 50)
 
         # --- ours, and a Hamming shortlist of the same codes with the same re-rank ---------------------
         hamming = faiss.IndexBinaryFlat(codes.shape[1] * 8)
@@ -256,18 +261,21 @@ def main() -> None:
         rows = []
         for shortlist in SHORTLISTS:
             found = index.search(query_projections, query_features, shortlist).image_ids
+            flat_before = flat_alongside()
             ms = per_query_ms(lambda q: index.search(query_projections[q : q + 1], query_features[q : q + 1], shortlist),
                               len(query_features))
+            flat_beside = (flat_before + flat_alongside()) / 2
             by_hamming = hamming_then_rerank(hamming, features16, image_ids, query_codes, query_features, shortlist)
             hamming_ms = per_query_ms(lambda q: hamming_then_rerank(
                 hamming, features16, image_ids, query_codes[q : q + 1], query_features[q : q + 1], shortlist), 100)
             rows.append({"shortlist": shortlist, "recall@10": round(recall(found, exact), 4),
                          "ms_per_query": round(ms, 3), "speedup_vs_flat": round(flat_ms / ms, 1),
+                         "flat_ms_alongside": round(flat_beside, 2), "speedup_vs_flat_alongside": round(flat_beside / ms, 1),
                          "hamming_recall@10": round(recall(by_hamming, exact), 4),
                          "hamming_ms_per_query": round(hamming_ms, 3)})
             print(rows[-1])
         report["ours"] = rows
-        del hamming, features16
+        del hamming, features16, flat
 
         began = time.perf_counter()
         hnsw = faiss.IndexHNSWFlat(features.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
