@@ -40,10 +40,10 @@ REVERSED_BITS = np.array([int(f"{byte:08b}"[::-1], 2) for byte in range(256)], n
 TAG_SHIFT = 32
 ROW_MASK = (1 << TAG_SHIFT) - 1
 _tags = itertools.count(1)  # process-wide: two lists stacked together never share a tag
-SAMPLE_STRIDE = 16  # a long list's sample holds one code in 16 ...
+SAMPLE_STRIDE = 32  # a long list's sample holds one code in 32 ...
 SAMPLED_LIST_MIN = 4_096  # ... of lists this long or longer
 THRESHOLD_SCAN_MIN = 64  # a threshold scan pays when the sampled codes outnumber the wanted ones 64 times
-SLACK = 1.25  # the threshold aims to pass this many times the wanted count
+MARGIN_SIGMAS = 3  # the threshold is this many standard deviations of the sample's count below the wanted share
 RANGE_INDEXES_KEPT = 64  # views of probed subsets kept for threshold scans
 
 
@@ -138,11 +138,21 @@ class CodeScan:
     def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The best `count` codes of the lists numbered `probe`, per query, best first: their
         scores, list numbers and rows in their list (-inf / -1 / -1 pad)."""
+        scores, labels = self._top_k(projections, count, probe)
+        found = labels >= 0
+        lists, rows = self._lists_and_rows(labels)
+        return np.where(found, scores, -np.inf).astype(np.float32), np.where(found, lists, -1), np.where(found, rows, -1)
+
+    def best_scores(self, projections: np.ndarray, count: int, probe: np.ndarray) -> np.ndarray:
+        """The scores alone of `search` (pads: faiss's own)."""
+        return self._top_k(projections, count, probe)[0]
+
+    def _top_k(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's top-k scan of the probed lists: scores and labels, best first."""
         queries = len(projections)
         count = min(count, int(self.sizes[probe].sum()) if len(probe) else 0)
         if count <= 0:
-            empty = np.full((queries, 0), -1, np.int64)
-            return empty.astype(np.float32), empty, empty
+            return np.zeros((queries, 0), np.float32), np.zeros((queries, 0), np.int64)
         assign = np.full((queries, len(self.lists)), -1, np.int64)  # -1: a list not probed
         assign[:, : len(probe)] = probe
         projections = np.ascontiguousarray(projections, np.float32)  # named: faiss gets raw pointers
@@ -152,16 +162,16 @@ class CodeScan:
         self._index.search_preassigned_c(queries, faiss.swig_ptr(projections), count, faiss.swig_ptr(assign),
                                          faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores),
                                          faiss.swig_ptr(labels), False)
-        found = labels >= 0
-        lists, rows = self._lists_and_rows(labels)
-        return np.where(found, scores, -np.inf).astype(np.float32), np.where(found, lists, -1), np.where(found, rows, -1)
+        return scores, labels
 
     def above_threshold(self, projections: np.ndarray, count: int,
                         probe: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
         """Per query, every code of the lists numbered `probe` scoring above a threshold that
-        about SLACK x `count` of them pass, as scores, list numbers and rows (in no order); the
-        threshold is estimated from the lists' samples, so fewer than `count` may pass. None
-        where the probed lists are too few or too short for a threshold scan to pay."""
+        a little more than `count` of them pass, as scores, list numbers and rows (in no order).
+        The threshold is the score of the sample's best `count x sample / sampled` codes and
+        MARGIN_SIGMAS times that count's square root more (a count of codes above a score
+        spreads about as much), so fewer than `count` rarely pass. None where the probed lists
+        are too few or too short for a threshold scan to pay."""
         if self._samples is None or not len(probe):
             return None
         sample_probe = self._sample_of[probe]
@@ -170,8 +180,9 @@ class CodeScan:
         sample_total = int(self._samples.sizes[sample_probe].sum())
         if sampled_total < THRESHOLD_SCAN_MIN * count:
             return None
-        share = min(sample_total, int(np.ceil(count * SLACK * sample_total / sampled_total)) + 8)
-        thresholds = self._samples.search(projections, share, sample_probe)[0][:, -1]
+        expected = count * sample_total / sampled_total  # of the wanted codes, how many the sample holds
+        share = min(sample_total, int(np.ceil(expected + MARGIN_SIGMAS * np.sqrt(expected))) + 1)
+        thresholds = self._samples.best_scores(projections, share, sample_probe)[:, -1]
         index = self._range_index(probe)
         answers = []
         for projection, threshold in zip(np.ascontiguousarray(projections, np.float32), thresholds):
