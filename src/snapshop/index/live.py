@@ -214,6 +214,7 @@ class ShardReplica:
         self.states = states
         self.codes = ShardCodes(list(states.values()))  # by the writer that publishes it, not by a query
         self._names = np.asarray(list(states) + [None], object)
+        self._explained = [self._explain(state) for state in states.values()]  # what a state holds, once
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None) -> ShardHits:
@@ -231,7 +232,7 @@ class ShardReplica:
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
         owner = np.where(lists >= 0, self.codes.owner[lists], len(names))  # a pad's list, -1, picks any
         per_partition = np.bincount(owner.ravel(), minlength=len(names) + 1) / max(len(owner), 1)
-        explain = [{**self._explain(self.states[names[number]]), "candidates": int(per_partition[number]),
+        explain = [{**self._explained[number], "candidates": int(per_partition[number]),
                     "ms": shortlist_ms, "rerank_ms": rerank_ms} for number in searched]
         return ShardHits(ids, cosines, self._names[owner], explain)
 
@@ -252,11 +253,11 @@ class ShardReplica:
             block = slice(start, start + step)
             stored = np.empty((*key[block].shape, features.shape[1]), np.float16)  # pads: scored, then -inf
             for query, query_lists in enumerate(lists[block], start):
-                bounds = np.searchsorted(query_lists, list_numbers)
-                for number in np.flatnonzero(np.diff(bounds)):
-                    span, segment = slice(bounds[number], bounds[number + 1]), self.codes.rows[number]
-                    np.take(segment.ids, rows[query, span], out=ids[query, span])
-                    np.take(segment.features, rows[query, span], axis=0, out=stored[query - start, span])
+                bounds = np.searchsorted(query_lists, list_numbers).tolist()
+                for segment, low, high in zip(self.codes.rows, bounds, bounds[1:]):
+                    if high > low:
+                        np.take(segment.ids, rows[query, low:high], out=ids[query, low:high])
+                        np.take(segment.features, rows[query, low:high], axis=0, out=stored[query - start, low:high])
             cosines[block] = rerank.cosines(stored, features[block])
         cosines[key == PAD] = -np.inf
         order = np.argsort(-cosines, axis=1)
