@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,18 @@ def test_a_sample_is_one_code_in_stride_and_counts_in_memory(sampled):
     sample = code_scan.lists[0].sample
     assert sample is not None and sample.size == 75 and sample.sample is None
     assert code_scan.lists[0].nbytes == 320 * 32 + 300 * 8 + 96 * 32 + 75 * 8
+
+
+def test_a_range_index_keeps_what_it_scans_alive_when_dropped_from_its_cache():
+    """A query may still search a range index another query just evicted: the index holds its
+    quantizer, its stack and the lists, so dropping every other reference loses nothing."""
+    rng = np.random.default_rng(2)
+    code_scan = CodeScan([CodeList(rng.integers(0, 256, (500, 32), dtype=np.uint8)) for _ in range(3)])
+    query = rng.standard_normal((1, 256)).astype(np.float32)
+    index = code_scan._range_index(np.array([0, 2]))
+    before = np.sort(index.range_search(query, 0.0)[1])
+    del code_scan
+    gc.collect()
+    clutter = [np.ones(100_000) for _ in range(50)]  # reuse freed memory, if any was freed
+    assert len(before) > 100 and len(clutter) == 50
+    assert np.array_equal(np.sort(index.range_search(query, 0.0)[1]), before)

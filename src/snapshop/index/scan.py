@@ -128,12 +128,12 @@ class CodeScan:
         self._tag_order = np.argsort(tags)
         self._sorted_tags = tags[self._tag_order]
         if self.lists:
-            self._index, self._stack = _stacked(self.lists)
+            self._index = _stacked(self.lists)
         sampled = [number for number, code_list in enumerate(self.lists) if code_list.sample is not None]
         self._samples = CodeScan([self.lists[number].sample for number in sampled]) if sampled else None
         self._sample_of = np.full(len(self.lists), -1, np.int64)
         self._sample_of[sampled] = np.arange(len(sampled))
-        self._range_indexes: dict[bytes, tuple[faiss.IndexIVFPQFastScan, object]] = {}
+        self._range_indexes: dict[bytes, faiss.IndexIVFPQFastScan] = {}
 
     def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The best `count` codes of the lists numbered `probe`, per query, best first: their
@@ -201,21 +201,25 @@ class CodeScan:
         if len(probe) == len(self.lists):
             return self._index
         key = probe.tobytes()
-        if key not in self._range_indexes:
+        index = self._range_indexes.get(key)
+        if index is None:
             if len(self._range_indexes) >= RANGE_INDEXES_KEPT:
-                self._range_indexes.clear()
-            self._range_indexes[key] = _stacked([self.lists[number] for number in probe])
-        return self._range_indexes[key][0]
+                self._range_indexes.clear()  # an index a query still searches keeps its lists alive itself
+            index = self._range_indexes[key] = _stacked([self.lists[number] for number in probe])
+        return index
 
 
-def _stacked(lists: Sequence[CodeList]) -> tuple[faiss.IndexIVFPQFastScan, object]:
-    """One index over the given lists, every one probed by default, and what keeps its stack alive."""
+def _stacked(lists: Sequence[CodeList]) -> faiss.IndexIVFPQFastScan:
+    """One index over the given lists, every one probed by default. It holds (faiss's Python
+    convention, `referenced_objects`) the stack and the lists its raw pointers lead to, so they
+    live as long as any holder of the index: a query may still search one that was dropped."""
     index = _lists_index(lists[0].bits, len(lists))
     pointers = faiss.InvertedListsPtrVector()
     for code_list in lists:
         pointers.push_back(code_list.invlists)
     stack = faiss.VStackInvertedLists(len(lists), pointers.data())
-    index.replace_invlists(stack, False)  # the stack and its lists stay owned by the caller
+    index.replace_invlists(stack, False)  # owned by the Python objects kept below
     index.ntotal = sum(code_list.size for code_list in lists)
     index.nprobe = len(lists)
-    return index, (stack, pointers, lists)
+    index.referenced_objects = [*getattr(index, "referenced_objects", []), stack, pointers, list(lists)]  # and its quantizer
+    return index
