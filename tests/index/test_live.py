@@ -158,8 +158,9 @@ def test_a_batch_re_ranked_block_by_block_answers_as_single_queries_do(synthetic
 
 SCANS = {
     "top-k": {},
-    "threshold": {"SAMPLED_LIST_MIN": 32, "SAMPLE_STRIDE": 4, "THRESHOLD_SCAN_MIN": 2},
-    "threshold set too high": {"SAMPLED_LIST_MIN": 32, "SAMPLE_STRIDE": 4, "THRESHOLD_SCAN_MIN": 2},
+    "threshold": {"SAMPLED_LIST_MIN": 32, "SAMPLE_STRIDE": 4, "THRESHOLD_SCAN_MIN": 2, "THRESHOLD_SCAN_BATCH_MAX": 4},
+    "threshold set too high": {"SAMPLED_LIST_MIN": 32, "SAMPLE_STRIDE": 4, "THRESHOLD_SCAN_MIN": 2,
+                               "THRESHOLD_SCAN_BATCH_MAX": 4},
 }
 
 

@@ -52,6 +52,7 @@ def sampled(monkeypatch):
     monkeypatch.setattr(scan, "SAMPLED_LIST_MIN", 64)
     monkeypatch.setattr(scan, "SAMPLE_STRIDE", 4)
     monkeypatch.setattr(scan, "THRESHOLD_SCAN_MIN", 2)
+    monkeypatch.setattr(scan, "THRESHOLD_SCAN_BATCH_MAX", 6)
     rng = np.random.default_rng(1)
     codes = [rng.integers(0, 256, (size, 32), dtype=np.uint8) for size in (300, 40, 500, 0, 257)]
     return codes, CodeScan([CodeList(part) for part in codes]), rng.standard_normal((6, 256)).astype(np.float32)
@@ -80,6 +81,7 @@ def test_no_threshold_scan_where_it_would_not_pay(sampled):
     assert code_scan.above_threshold(queries, 10, np.array([1, 3])) is None  # no sampled list
     short = CodeScan([CodeList(codes[1])])
     assert short.above_threshold(queries, 5, np.array([0])) is None
+    assert code_scan.above_threshold(np.concatenate([queries, queries[:1]]), 30, np.array([0, 2])) is None  # 7 queries
 
 
 def test_a_sample_is_one_code_in_stride_and_counts_in_memory(sampled):

@@ -43,6 +43,7 @@ _tags = itertools.count(1)  # process-wide: two lists stacked together never sha
 SAMPLE_STRIDE = 32  # a long list's sample holds one code in 32 ...
 SAMPLED_LIST_MIN = 4_096  # ... of lists this long or longer
 THRESHOLD_SCAN_MIN = 64  # a threshold scan pays when the sampled codes outnumber the wanted ones 64 times
+THRESHOLD_SCAN_BATCH_MAX = 2  # larger batches are cheaper by top-k: faiss shares each pass over the codes among them
 MARGIN_SIGMAS = 3  # the threshold is this many standard deviations of the sample's count below the wanted share
 RANGE_INDEXES_KEPT = 64  # views of probed subsets kept for threshold scans
 
@@ -171,8 +172,8 @@ class CodeScan:
         The threshold is the score of the sample's best `count x sample / sampled` codes and
         MARGIN_SIGMAS times that count's square root more (a count of codes above a score
         spreads about as much), so fewer than `count` rarely pass. None where the probed lists
-        are too few or too short for a threshold scan to pay."""
-        if self._samples is None or not len(probe):
+        are too few or too short, or the batch too large, for a threshold scan to pay."""
+        if self._samples is None or not len(probe) or len(projections) > THRESHOLD_SCAN_BATCH_MAX:
             return None
         sample_probe = self._sample_of[probe]
         sampled_total = int(self.sizes[probe][sample_probe >= 0].sum())
