@@ -180,7 +180,7 @@ class ShardCodes:
         above = self.scan.above_threshold(projections, width, probe) if width else None
         for query, (scores, found_lists, found_rows) in enumerate(above or []):
             if dead:
-                alive = ~self.dead[self.start[found_lists] + found_rows]
+                alive = ~self._tombstoned(found_lists, found_rows)
                 scores, found_lists, found_rows = scores[alive], found_lists[alive], found_rows[alive]
             if len(scores) >= width:
                 best = np.argpartition(-scores, width - 1)[:width] if len(scores) > width else slice(None)
@@ -197,13 +197,17 @@ class ShardCodes:
             _, lists, rows = self.scan.search(projections, width + extra, probe)
             alive = rows >= 0
             if dead:
-                alive &= ~self.dead[self.start[np.maximum(lists, 0)] + rows]
+                alive &= ~self._tombstoned(np.maximum(lists, 0), rows)
             if lists.shape[1] >= total or (alive.sum(axis=1) >= width).all():
                 break
             extra *= 2
         kept = np.argsort(~alive, axis=1, kind="stable")[:, :width]  # live ones first
         lists, rows, alive = (np.take_along_axis(a, kept, 1) for a in (lists, rows, alive))
         return np.maximum(lists, 0), np.where(alive, rows, -1)
+
+    def _tombstoned(self, lists: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Whether each (list, row) is a tombstoned code (only when some list has tombstones)."""
+        return self.dead[self.start[lists] + rows]
 
 
 class ShardReplica:
