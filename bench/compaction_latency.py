@@ -39,7 +39,7 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
     _, queries = load_vectors(args.source)
     features = queries["features"].astype(np.float32)
-    projections = fitted_rotation(args.source).project(features)
+    projections = fitted_rotation(args.source).query(features)
     settings = load_settings({})
     store, index = open_built(args.index, projections.shape[1], features.shape[1])
     partitions = [entry["partition"] for entry in index.segment_report()]

@@ -44,7 +44,7 @@ from snapshop.index.live import IndexParams, LiveIndex
 from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
 from snapshop.models.pooling import l2_normalize
-from snapshop.models.projection import ITQ
+from snapshop.models.projection import ITQ, sign_decoder
 from snapshop.settings import load_settings
 
 K = 10
@@ -63,11 +63,19 @@ def open_built(folder: Path, bits: int, dim: int) -> tuple[MetadataStore, LiveIn
 
 
 def fitted_rotation(source: Path) -> ITQ:
-    """The ITQ rotation the fitted index of `bench/real_embeddings.py` encodes with."""
+    """The ITQ rotation the fitted index of `bench/real_embeddings.py` encodes with. A codec
+    fitted before the code decoder existed gets its decoder fitted here, as `Codec.fit` would
+    have: on the embeddings of the catalog the codec was fitted on."""
     store = MetadataStore(source / "index" / "meta.sqlite")
     blob, info = store.fitted("codec")
     store.close()
-    return Codec.from_blob(blob, info["source"]).rotation
+    rotation = Codec.from_blob(blob, info["source"]).rotation
+    if getattr(rotation, "decoder_", None) is None:
+        fitted_items = {json.loads(line)["item_id"] for line in (source / "catalog" / "manifest.jsonl").read_text().splitlines()}
+        catalog, _ = load_vectors(source)
+        fitted = np.isin(catalog["item_ids"], list(fitted_items))
+        rotation.decoder_ = sign_decoder(rotation.project(catalog["features"][fitted])).astype(np.float32)
+    return rotation
 
 
 def synthetic(features: np.ndarray, partitions: np.ndarray, count: int, noise: float, rotation: ITQ, seed: int = 0):
@@ -147,7 +155,7 @@ def timed_adds(store: MetadataStore, index: LiveIndex, rotation: ITQ, item_ids: 
     committed = time.perf_counter()
     index.refresh()
     report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
-    found = index.search(rotation.project(features[:200]), features[:200], 10).image_ids[:, 0]
+    found = index.search(rotation.query(features[:200]), features[:200], 10).image_ids[:, 0]
     report["found_first_of_200"] = float(np.mean(found == ids[:200]))
     return report
 
@@ -162,7 +170,7 @@ def timed_removes(store: MetadataStore, index: LiveIndex, rotation: ITQ, item_id
     committed = time.perf_counter()
     index.refresh()
     report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
-    hits = index.search(rotation.project(probes), probes, shortlist).image_ids
+    hits = index.search(rotation.query(probes), probes, shortlist).image_ids
     report["removed_in_results"] = int(np.isin(hits, image_ids).sum())
     report["image_rows_swept_s"] = round(swept_after(store.path) - committed, 3)
     return report
@@ -192,7 +200,7 @@ def main() -> None:
     rotation = fitted_rotation(args.source)
     real_features, real_parts = catalog["features"].astype(np.float32), catalog["categories"]
     query_features = queries["features"].astype(np.float32)
-    query_projections = rotation.project(query_features)
+    query_projections = rotation.query(query_features)
     noise = args.noise if args.noise is not None else calibrated_noise(real_features)
     report["synthetic_noise"] = round(noise, 3)
     drawn, drawn_codes, drawn_parts = synthetic(real_features, real_parts, args.total - len(real_features), noise, rotation)
@@ -257,7 +265,7 @@ def main() -> None:
         hamming = faiss.IndexBinaryFlat(codes.shape[1] * 8)
         hamming.add(codes)
         features16 = features.astype(np.float16)
-        query_codes = np.packbits(query_projections > 0, axis=1)
+        query_codes = rotation.transform(query_features)
         rows = []
         for shortlist in SHORTLISTS:
             found = index.search(query_projections, query_features, shortlist).image_ids

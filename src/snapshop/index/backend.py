@@ -36,8 +36,8 @@ class IndexBackend(Protocol):
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None = None) -> Candidates:
         """The best `shortlist` images per query, best first: a shortlist by the codes (for the
-        queries' float `projections` on the code's axes, whose signs are their codes), re-ranked
-        by float cosine with `features`."""
+        queries' float `projections` on the code's axes, through the code decoder: `Codec.query`),
+        re-ranked by float cosine with `features`."""
 
     def refresh(self) -> bool:
         """Catch up with the change log; True when the codec was refit (the caller reloads)."""

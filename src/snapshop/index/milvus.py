@@ -274,7 +274,8 @@ class MilvusIndex:
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None = None) -> Candidates:
-        """The Hamming shortlist of the queries' codes (the signs of `projections`) from Milvus,
+        """The Hamming shortlist of the queries' codes (the signs of `projections`, which shortlist
+        better than the signs of the bare rotation: docs/benchmarks.md) from Milvus,
         re-ranked by float cosine; best `shortlist` first.
 
         Milvus is asked once for `shortlist` candidates per partition searched, at most 16384:

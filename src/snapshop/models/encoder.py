@@ -167,13 +167,15 @@ class Codec:
         return features, self.rotation.transform(features)
 
     def query(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(float features, projections on the code's axes): what a query searches the index with."""
+        """(float features, projections on the code's axes, through the code decoder): what a
+        query searches the index with."""
         features = self.projection.transform(descriptors)
-        return features, self.rotation.project(features)
+        return features, self.rotation.query(features)
 
     def to_blob(self) -> bytes:
+        decoder = getattr(self.rotation, "decoder_", None)
         return save_arrays(mean=self.projection.mean_, components=self.projection.components_,
-                           rotation=self.rotation.rotation_)
+                           rotation=self.rotation.rotation_, **({} if decoder is None else {"decoder": decoder}))
 
     @classmethod
     def from_blob(cls, blob: bytes, source: str) -> "Codec":
@@ -182,6 +184,7 @@ class Codec:
         projection.mean_, projection.components_ = arrays["mean"], arrays["components"]
         rotation = ITQ(arrays["rotation"].shape[0])
         rotation.rotation_ = arrays["rotation"]
+        rotation.decoder_ = arrays.get("decoder")  # None: a codec fitted before the decoder existed
         return cls(projection, rotation, source)
 
 

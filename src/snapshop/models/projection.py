@@ -14,6 +14,8 @@ import numpy as np
 
 from snapshop.models.pooling import l2_normalize
 
+DECODER_RIDGE = 256.0  # pseudo-samples pulling the code decoder towards plain (scaled) signs
+
 
 class PCAWhitening:
     """Centre, project on the top principal axes, divide by sqrt(eigenvalue), L2-normalise."""
@@ -83,7 +85,15 @@ class LearnedWhitening(PCAWhitening):
 
 
 class ITQ:
-    """Iterative quantization: an orthogonal rotation R minimising ||B - V R||, B = sign(V R)."""
+    """Iterative quantization: an orthogonal rotation R minimising ||B - V R||, B = sign(V R).
+
+    Also fitted: the least-squares linear decoder D of a code, V R ~ B D (ridge towards the
+    mean magnitude of V R times the identity, DECODER_RIDGE pseudo-samples, so a small fitting
+    set stays near plain signs). A query scores a code's signs with its rotated vector mapped
+    through D (`query`): the inner product with that code's reconstruction, not with its bare
+    signs. On 1M embeddings it lifts recall@10 of the same shortlist by about 0.015 (1,600:
+    0.926 -> 0.944) at no cost to memory or scan time (docs/benchmarks.md).
+    """
 
     def __init__(self, bits: int = 256, *, iterations: int = 50, seed: int = 0) -> None:
         self.bits = bits
@@ -102,15 +112,31 @@ class ITQ:
             left, _, right = np.linalg.svd(data.T @ codes)
             rotation = left @ right
         self.rotation_ = rotation.astype(np.float32)
+        self.decoder_ = sign_decoder(data @ rotation).astype(np.float32)
         return self
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """The rotated vectors, N x bits float32: a query searches with these, their signs are codes."""
         return np.asarray(vectors, np.float32)[:, : self.bits] @ self.rotation_
 
+    def query(self, vectors: np.ndarray) -> np.ndarray:
+        """What queries score codes with, N x bits float32: their projections through the
+        decoder (as they are for a rotation fitted before the decoder existed)."""
+        projections = self.project(vectors)
+        return projections if getattr(self, "decoder_", None) is None else projections @ self.decoder_.T
+
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Packed binary codes, N x bits/8 uint8."""
         return sign_code(self.project(vectors))
+
+
+def sign_decoder(projected: np.ndarray) -> np.ndarray:
+    """The bits x bits matrix D minimising ||P - sign(P) D||^2 + DECODER_RIDGE ||D - m I||^2,
+    m the mean magnitude of P's entries."""
+    signs = np.where(projected > 0, 1.0, -1.0)
+    bits = projected.shape[1]
+    prior = np.abs(projected).mean() * np.eye(bits)
+    return np.linalg.solve(signs.T @ signs + DECODER_RIDGE * np.eye(bits), signs.T @ projected + DECODER_RIDGE * prior)
 
 
 def sign_code(projections: np.ndarray) -> np.ndarray:

@@ -581,7 +581,7 @@ class Engine:
                           disable=not progress):
             rows = slice(start, start + INGEST_CHUNK)
             features = vectors.features[rows].astype(np.float32)
-            found = self.index.search(self.codec.rotation.project(features), features, self.settings.shortlist)
+            found = self.index.search(self.codec.rotation.query(features), features, self.settings.shortlist)
             info = self.store.image_info(np.unique(np.concatenate([found.image_ids.ravel(), vectors.image_ids[rows]])))
             for image_id, neighbours, scores in zip(vectors.image_ids[rows], found.image_ids, found.scores):
                 mine = info.get(int(image_id))
