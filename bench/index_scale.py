@@ -49,7 +49,7 @@ from snapshop.settings import load_settings
 
 K = 10
 WRITE_CHUNK = 20_000
-SHORTLISTS = (400, 800, 1600, 2600, 3200, 6400)
+SHORTLISTS = (400, 800, 1600, 2000, 2600, 3200)
 HNSW_EF = (64, 128, 256, 512)
 
 
