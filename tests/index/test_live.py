@@ -321,13 +321,37 @@ def test_a_compaction_swaps_in_its_partition_alone_and_answers_as_a_reopened_ind
     after = s.index.shards[0][0].states
     assert after["b"] is before["b"] and after["c"] is before["c"]  # no replay of the change log
     assert len(after["a"].delta) == 0 and len(after["a"].tombstones) == 0
-    queries = np.concatenate([features[:40], more_features])
+    assert_answers_as_a_reopened_index(s, s.index, np.concatenate([features[:40], more_features]))
+
+
+def test_a_reader_opens_only_the_segments_another_process_compacted(synthetic):
+    s, ids, labels, codes, features = synthetic(n=300, compact_delta=10_000)
+    s.index.compact()
+    reader = LiveIndex(s.folder, MetadataStore(s.folder / "meta.sqlite"), s.params, codec="test")
+    more_codes, more_features = random_vectors(30, seed=4)
+    s.write([f"more{i}" for i in range(30)], ["a", "b", "c"] * 10, more_codes, more_features)
+    s.remove([f"item{i}" for i in range(0, 60, 4)])
+    reader.refresh()
+    before = reader.shards[0][0].states
+    s.index.compact([("a", 0)])
+    late_codes, late_features = random_vectors(1, seed=9)
+    s.write(["late"], ["a"], late_codes, late_features)  # committed after the compaction
+    reader.refresh()
+    after = reader.shards[0][0].states
+    assert after["b"] is before["b"] and after["c"] is before["c"]
+    assert after["a"].base.name != before["a"].base.name and len(after["a"].delta) == 1
+    assert_answers_as_a_reopened_index(s, reader, np.concatenate([features[:40], more_features, late_features]))
+    reader.close()
+
+
+def assert_answers_as_a_reopened_index(s, index: LiveIndex, queries: np.ndarray) -> None:
+    """`index` holds what an index opened afresh from the folder holds, and answers alike."""
     reopened = LiveIndex(s.folder, MetadataStore(s.folder / "meta.sqlite"), s.params, codec="test")
-    assert list(reopened.image_ids()) == list(s.index.image_ids())
-    ours, theirs = (index.search(project(queries), queries, shortlist=400) for index in (s.index, reopened))
+    assert list(reopened.image_ids()) == list(index.image_ids())
+    ours, theirs = (i.search(project(queries), queries, shortlist=400) for i in (index, reopened))
     assert (ours.image_ids[:, :10] == theirs.image_ids[:, :10]).all()  # every live image re-ranked: no ties at a cut
     assert all(set(a) == set(b) for a, b in zip(ours.image_ids, theirs.image_ids))
-    assert reopened.segment_report() == s.index.segment_report()
+    assert reopened.segment_report() == index.segment_report()
     reopened.close()
 
 

@@ -365,7 +365,8 @@ class LiveIndex:
             changes = self.store.changes_since(self.seq)
             reset = any(c.op == "reset" for c in changes)
             gap = bool(changes) and changes[0].seq != self.seq + 1
-            if not (reset or gap or stamp != self._layout_stamp):
+            if not (reset or gap) and (stamp == self._layout_stamp or self._open_changed_segments()):
+                self._layout_stamp = stamp
                 if changes:
                     self._replay(changes, upto=changes[-1].seq)
                 return False
@@ -373,6 +374,26 @@ class LiveIndex:
             return True
         self._load()
         return False
+
+    def _open_changed_segments(self) -> bool:
+        """After another process's compaction: open the segments whose names changed and swap
+        in their partitions' states alone. False where only a full load will do (a re-shard,
+        another codec, a partition left without a segment, a segment gone meanwhile)."""
+        layout = Layout.read(self.layout_path)
+        if layout is None or layout.codec != self.codec or layout.shards != self.params.shards:
+            return False
+        current = {key: state for key, state in self._replica_states()[0].items()}
+        entries = {(e.partition, e.shard): e for e in layout.segments}
+        if any(state.base is not None and key not in entries for key, state in current.items()):
+            return False
+        changed = [e for key, e in entries.items()
+                   if key not in current or current[key].base is None or current[key].base.name != e.name]
+        try:
+            self._swap_states({(e.partition, e.shard): (BaseSegment.load(self.folder / SEGMENTS, e.name), e.seq)
+                               for e in changed})
+        except FileNotFoundError:
+            return False
+        return True
 
     def _replay(self, changes: list[Change], *, upto: int) -> None:
         """Apply changes (seq <= upto) to every replica; each state skips what its base holds."""
@@ -539,33 +560,36 @@ class LiveIndex:
         if reshard:
             self._load()
         else:
-            self._swap_in(built, seq)
+            with self._apply_lock, self.store.snapshot():
+                self._swap_states({key: (base, seq) for key, base in built.items()})
+                self._layout_stamp = file_stamp(self.layout_path)
         with self.store.transaction():
             self.store.prune_changes(min((e.seq for e in layout.segments), default=0))
         self._remove_unused_files(layout)
         return report
 
-    def _swap_in(self, built: dict[tuple[str, int], BaseSegment | None], seq: int) -> None:
-        """Publish the compacted partitions' new states: the new base (holding the changes up
-        to `seq`; None: nothing left) with the changes applied since. Every other partition
-        keeps its state: a reload from disk would replay the change log since the oldest
-        segment, seconds of Python that queries wait on for the interpreter at 1M images."""
-        with self._apply_lock, self.store.snapshot():
-            later = [c for c in self.store.changes_since(seq)
-                     if c.seq <= self.seq and (c.partition, self.shard_of(c.item_id)) in built]
-            added = self.store.vectors(c.image_id for c in later if c.op == "add")
-            rows_by_id = {int(i): row for row, i in enumerate(added.image_ids)}
-            replicas = []
-            for replica, states in enumerate(self._replica_states()):
-                for key, base in built.items():
-                    states.pop(key, None)
-                    if base is not None:
-                        base = base if replica == 0 else BaseSegment.load(self.folder / SEGMENTS, base.name)
-                        empty = self._empty(*key, seq)
-                        states[key] = PartitionState(key[0], key[1], base, empty.delta, empty.tombstones, seq)
-                replicas.append(self._apply(states, later, added, rows_by_id) if later else states)
-            self._publish(replicas, seq=self.seq)
-            self._layout_stamp = file_stamp(self.layout_path)
+    def _swap_states(self, built: dict[tuple[str, int], tuple[BaseSegment | None, int]]) -> None:
+        """Publish new states for the partitions given a new base segment (holding the changes
+        up to its seq; None: nothing left), with the changes this index applied since. Every
+        other partition keeps its state: a reload would replay the change log since the oldest
+        segment, seconds of Python at 1M images that queries wait on for the interpreter. The
+        caller holds the apply lock and a store snapshot."""
+        if not built:
+            return
+        later = [c for c in self.store.changes_since(min(seq for _, seq in built.values()))
+                 if c.seq <= self.seq and (c.partition, self.shard_of(c.item_id)) in built]
+        added = self.store.vectors(c.image_id for c in later if c.op == "add")
+        rows_by_id = {int(i): row for row, i in enumerate(added.image_ids)}
+        replicas = []
+        for replica, states in enumerate(self._replica_states()):
+            for key, (base, seq) in built.items():
+                states.pop(key, None)  # a partition left empty gets a fresh state from its later changes
+                if base is not None:
+                    base = base if replica == 0 else BaseSegment.load(self.folder / SEGMENTS, base.name)
+                    empty = self._empty(*key, seq)
+                    states[key] = PartitionState(key[0], key[1], base, empty.delta, empty.tombstones, seq)
+            replicas.append(self._apply(states, later, added, rows_by_id) if later else states)
+        self._publish(replicas, seq=self.seq)
 
     def _new_segment_name(self, layout: Layout, key: tuple[str, int]) -> str:
         """A name no segment file has: a file's contents never change under a reader that mapped
