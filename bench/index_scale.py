@@ -70,7 +70,7 @@ def fitted_rotation(source: Path) -> ITQ:
     blob, info = store.fitted("codec")
     store.close()
     rotation = Codec.from_blob(blob, info["source"]).rotation
-    if getattr(rotation, "decoder_", None) is None:
+    if rotation.decoder_ is None:
         fitted_items = {json.loads(line)["item_id"] for line in (source / "catalog" / "manifest.jsonl").read_text().splitlines()}
         catalog, _ = load_vectors(source)
         fitted = np.isin(catalog["item_ids"], list(fitted_items))

@@ -382,7 +382,7 @@ class LiveIndex:
         layout = Layout.read(self.layout_path)
         if layout is None or layout.codec != self.codec or layout.shards != self.params.shards:
             return False
-        current = {key: state for key, state in self._replica_states()[0].items()}
+        current = self._replica_states()[0]
         entries = {(e.partition, e.shard): e for e in layout.segments}
         if any(state.base is not None and key not in entries for key, state in current.items()):
             return False

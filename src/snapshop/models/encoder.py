@@ -173,7 +173,7 @@ class Codec:
         return features, self.rotation.query(features)
 
     def to_blob(self) -> bytes:
-        decoder = getattr(self.rotation, "decoder_", None)
+        decoder = self.rotation.decoder_
         return save_arrays(mean=self.projection.mean_, components=self.projection.components_,
                            rotation=self.rotation.rotation_, **({} if decoder is None else {"decoder": decoder}))
 

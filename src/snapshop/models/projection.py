@@ -123,7 +123,7 @@ class ITQ:
         """What queries score codes with, N x bits float32: their projections through the
         decoder (as they are for a rotation fitted before the decoder existed)."""
         projections = self.project(vectors)
-        return projections if getattr(self, "decoder_", None) is None else projections @ self.decoder_.T
+        return projections if self.decoder_ is None else projections @ self.decoder_.T
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Packed binary codes, N x bits/8 uint8."""
