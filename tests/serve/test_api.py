@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import threading
@@ -277,6 +278,12 @@ def test_openapi_docs_are_served_without_a_cdn(client):
 def test_unknown_routes_and_methods(client, check_error):
     check_error(client.get("/nope"), 404, "not_found")
     check_error(client.put("/search"), 405, "method_not_allowed")
+
+
+def test_what_start_up_made_is_out_of_the_garbage_collectors_reach(client):
+    """A full collection over the start-up objects would stall the query that set it off."""
+    client.get("/health")
+    assert gc.get_freeze_count() > 10_000
 
 
 # --- the page ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ OpenAPI docs at /docs, served from the package (no CDN).
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -48,8 +49,14 @@ def create_app(engine_or_index: Engine | str | Path, settings: Settings) -> Fast
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # What start-up made (modules, models, the index's views: ~185,000 objects) is moved out
+        # of the garbage collector's reach: a full collection over it took ~105 ms, charged to
+        # whichever query happened to set it off. Garbage is collected first, not frozen with it.
+        gc.collect()
+        gc.freeze()
         yield
         service.close()
+        gc.unfreeze()
 
     app = FastAPIOffline(
         title="snapshop", version=__version__, lifespan=lifespan,
