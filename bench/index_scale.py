@@ -19,13 +19,15 @@ IndexFlatIP) and ms per single query for ours at several shortlist sizes (with I
 timed again just before and after each, as this machine's speed wanders), for a Hamming
 shortlist of the same codes with the same re-rank, for IndexFlatIP and for float HNSW; the
 memory each holds; 10,000 adds and 10,000 removes from the call until the next query sees
-them (commit + the index's refresh); query latency while a
-partition compacts.
+them (commit + the index's refresh); the p99 of 500 queries while partitions
+compact one after another against the p99 of 500 before.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import json
 import shutil
 import sqlite3
@@ -185,6 +187,56 @@ def swept_after(path: Path) -> float:
     return time.perf_counter()
 
 
+def single_query_timer(index: LiveIndex, projections: np.ndarray, features: np.ndarray, shortlist: int):
+    """`one_query(n)`: ms the index takes to answer the n-th query (cycling) alone."""
+    def one_query(n: int) -> float:
+        n %= len(features)
+        start = time.perf_counter()
+        index.search(projections[n : n + 1], features[n : n + 1], shortlist)
+        return (time.perf_counter() - start) * 1000
+    return one_query
+
+
+def latency_during_compactions(index: LiveIndex, one_query, queries: int, first: int = 0, *,
+                               frozen: bool = True) -> dict:
+    """The p99 of `queries` single queries (`one_query(n)` -> ms) answered while partitions compact
+    one after another in a background thread (the n-th partition of the segment report first),
+    against the p99 of as many queries before: a single compaction overlaps too few queries for
+    their p99 to be more than their maximum. `frozen`: what the process holds is first moved out
+    of the garbage collector's reach, as `snapshop serve` does after start-up (else put back)."""
+    if frozen:
+        gc.collect()
+        gc.freeze()
+    else:
+        gc.unfreeze()
+    partitions = [entry["partition"] for entry in index.segment_report()]
+    normal = [one_query(n) for n in range(queries)]
+    during: list[float] = []
+    compactions: list[float] = []
+    done = threading.Event()
+
+    def compact_until_done() -> None:
+        for n in itertools.count(first):
+            start = time.perf_counter()
+            index.compact([(partitions[n % len(partitions)], 0)])
+            compactions.append(time.perf_counter() - start)
+            if done.is_set():
+                return
+
+    worker = threading.Thread(target=compact_until_done)
+    worker.start()
+    while len(during) < queries:
+        during.append(one_query(len(during)))
+    done.set()
+    worker.join()
+    p99_normal, p99_during = float(np.percentile(normal, 99)), float(np.percentile(during, 99))
+    return {"first_partition": partitions[first % len(partitions)], "p99_normal_ms": round(p99_normal, 2),
+            "p99_during_ms": round(p99_during, 2), "ratio": round(p99_during / p99_normal, 2),
+            "max_normal_ms": round(max(normal), 2), "max_during_ms": round(max(during), 2),
+            "queries_each": queries, "frozen": frozen, "compactions": len(compactions),
+            "compaction_s": round(float(np.mean(compactions)), 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
@@ -193,11 +245,13 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=None, help="noise scale [default: calibrated, see above]")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
-    report: dict = {"data": "70,000 real Fashion-MNIST embeddings + SYNTHETIC embeddings drawn around them; "
-                            "queries: SIMULATED shopper photos; one core per search"}
-
     catalog, queries = load_vectors(args.source)
     rotation = fitted_rotation(args.source)
+    stand_in = str(catalog["item_ids"][0]).startswith("random")  # bench/real_embeddings.py --stand-in
+    report: dict = {"data": ("70,000 RANDOM stand-in vectors" if stand_in else "70,000 real Fashion-MNIST embeddings")
+                    + " + SYNTHETIC embeddings drawn around them; queries: "
+                    + ("RANDOM" if stand_in else "SIMULATED shopper photos") + "; one core per search",
+                    "source": str(args.source)}
     real_features, real_parts = catalog["features"].astype(np.float32), catalog["categories"]
     query_features = queries["features"].astype(np.float32)
     query_projections = rotation.query(query_features)
@@ -208,7 +262,7 @@ def main() -> None:
     codes = np.concatenate([catalog["codes"], drawn_codes])
     partitions = np.concatenate([real_parts, drawn_parts])
     del drawn
-    print(f"{len(features)} vectors ({len(real_features)} real), dim {features.shape[1]}, {codes.shape[1] * 8} bits, "
+    print(f"{len(features)} vectors ({len(real_features)} {'RANDOM stand-ins' if stand_in else 'real'}), dim {features.shape[1]}, {codes.shape[1] * 8} bits, "
           f"{len(query_features)} queries")
 
     # --- our index, through the real write path ---------------------------------------------------
@@ -320,22 +374,8 @@ def main() -> None:
                                          np.concatenate([query_features, features[gone[:500]]]), settings.shortlist)
     print("updates", report["add_10k"], report["remove_10k"])
 
-    def one_query(q: int) -> float:
-        q %= len(query_features)
-        start = time.perf_counter()
-        index.search(query_projections[q : q + 1], query_features[q : q + 1], settings.shortlist)
-        return (time.perf_counter() - start) * 1000
-
-    normal = [one_query(q) for q in range(len(query_features))]
-    during: list[float] = []
-    worker = threading.Thread(target=index.compact, args=([(index.segment_report()[0]["partition"], 0)],))
-    worker.start()
-    while worker.is_alive():
-        during.append(one_query(len(during)))
-    worker.join()
-    report["query_p99_ms"] = {"normal": round(float(np.percentile(normal, 99)), 3),
-                              "during_compaction": round(float(np.percentile(during, 99)), 3) if during else None,
-                              "queries_during_compaction": len(during)}
+    one_query = single_query_timer(index, query_projections, query_features, settings.shortlist)
+    report["query_p99_ms"] = latency_during_compactions(index, one_query, len(query_features))
     print(json.dumps(report, indent=2))
     (args.out.parent / f"index_scale-{args.total}.json").write_text(json.dumps(report, indent=2))
     index.close()

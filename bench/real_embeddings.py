@@ -16,6 +16,11 @@ What the index benchmarks (`bench/index_scale.py`) search. Made once, then reuse
   same engine, as a search would.
 
 Written to OUT/vectors.npz (features, codes, categories, item ids) and OUT/queries.npz.
+
+`--stand-in` writes RANDOM vectors of the same shapes instead, in seconds and without the CNN
+(Gaussian, 2,000 clusters spread over the ten categories; queries are noisy copies of catalog
+vectors), with a codec fitted on 3,000 of them: for the numbers that depend on sizes, not on
+the embeddings (write, update and compaction latency), when the 70 minutes of fitting do not fit.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from tqdm import tqdm
 from snapshop.catalog.manifest import read_catalog
 from snapshop.datasets import build_fashion_catalog, build_shopper_queries
 from snapshop.datasets.fashion import FASHION_CATEGORIES, catalog_photo, item_id, item_style, load_fashion_mnist
-from snapshop.models.encoder import crop
+from snapshop.index.store import MetadataStore
+from snapshop.models.encoder import Codec, crop
 from snapshop.search.engine import Engine
 from snapshop.settings import load_settings
 
@@ -90,6 +96,27 @@ def query_vectors(engine: Engine, out: Path, count: int) -> dict[str, np.ndarray
             "item_ids": np.array([row["item_id"] for row in rows])}
 
 
+def stand_in_vectors(out: Path, count: int = 70_000, queries: int = 500, dim: int = 256) -> None:
+    """RANDOM stand-ins for catalog and query vectors, and a fitted index holding their codec."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2000, dim)).astype(np.float32)
+    cluster = rng.integers(0, len(centres), count)
+    descriptors = centres[cluster] + 1.5 * rng.standard_normal((count, dim)).astype(np.float32)
+    codec = Codec.unprojected(descriptors[:FIT_ITEMS], bits=dim, source="RANDOM stand-in vectors")
+    (out / "index").mkdir(parents=True)
+    store = MetadataStore(out / "index" / "meta.sqlite")
+    with store.transaction():
+        store.save_fitted("codec", codec.to_blob(), {"source": codec.source, "fitted_on": FIT_ITEMS})
+    store.close()
+    features, codes = codec.encode(descriptors)
+    np.savez(out / "vectors.npz", features=features, codes=codes,
+             categories=np.array(FASHION_CATEGORIES)[cluster % len(FASHION_CATEGORIES)],
+             item_ids=np.array([f"random{i}" for i in range(count)]))
+    shown = rng.integers(0, count, queries)
+    query_features, query_codes = codec.encode(descriptors[shown] + 0.5 * rng.standard_normal((queries, dim)).astype(np.float32))
+    np.savez(out / "queries.npz", features=query_features, codes=query_codes, item_ids=np.array([f"random{i}" for i in shown]))
+
+
 def load(out: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The saved catalog and query vectors (run this script first)."""
     with np.load(out / "vectors.npz") as catalog, np.load(out / "queries.npz") as queries:
@@ -101,7 +128,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/fm70k-vectors"))
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--fitted", type=Path, help="copy this fitted index instead of fitting one on 3,000 items")
+    parser.add_argument("--stand-in", action="store_true", help="RANDOM vectors of the same shapes, no CNN (see above)")
     args = parser.parse_args()
+    if args.stand_in:
+        stand_in_vectors(args.out)
+        print(f"wrote RANDOM stand-in vectors to {args.out}")
+        return
     engine = fitted_engine(args.out, args.fitted)
     if not (args.out / "vectors.npz").is_file():
         np.savez(args.out / "vectors.npz", **catalog_vectors(engine))
