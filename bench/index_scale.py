@@ -20,7 +20,8 @@ timed again just before and after each, as this machine's speed wanders), for a 
 shortlist of the same codes with the same re-rank, for IndexFlatIP and for float HNSW; the
 memory each holds; 10,000 adds and 10,000 removes from the call until the next query sees
 them (commit + the index's refresh); the p99 of 500 queries while partitions
-compact one after another against the p99 of 500 before.
+compact one after another against the p99 of 500 before, with what the process holds frozen
+out of the garbage collector's reach, as `snapshop serve` runs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from real_embeddings import STAND_IN_PREFIX
 from real_embeddings import load as load_vectors
 from snapshop.index.live import IndexParams, LiveIndex
 from snapshop.index.store import MetadataStore, NewImage, NewItem
@@ -247,7 +249,7 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
     catalog, queries = load_vectors(args.source)
     rotation = fitted_rotation(args.source)
-    stand_in = str(catalog["item_ids"][0]).startswith("random")  # bench/real_embeddings.py --stand-in
+    stand_in = str(catalog["item_ids"][0]).startswith(STAND_IN_PREFIX)  # bench/real_embeddings.py --stand-in
     report: dict = {"data": ("70,000 RANDOM stand-in vectors" if stand_in else "70,000 real Fashion-MNIST embeddings")
                     + " + SYNTHETIC embeddings drawn around them; queries: "
                     + ("RANDOM" if stand_in else "SIMULATED shopper photos") + "; one core per search",
@@ -262,8 +264,8 @@ def main() -> None:
     codes = np.concatenate([catalog["codes"], drawn_codes])
     partitions = np.concatenate([real_parts, drawn_parts])
     del drawn
-    print(f"{len(features)} vectors ({len(real_features)} {'RANDOM stand-ins' if stand_in else 'real'}), dim {features.shape[1]}, {codes.shape[1] * 8} bits, "
-          f"{len(query_features)} queries")
+    print(f"{len(features)} vectors ({len(real_features)} {'RANDOM stand-ins' if stand_in else 'real'}), "
+          f"dim {features.shape[1]}, {codes.shape[1] * 8} bits, {len(query_features)} queries")
 
     # --- our index, through the real write path ---------------------------------------------------
     shutil.rmtree(args.out, ignore_errors=True)

@@ -20,7 +20,8 @@ Written to OUT/vectors.npz (features, codes, categories, item ids) and OUT/queri
 `--stand-in` writes RANDOM vectors of the same shapes instead, in seconds and without the CNN
 (Gaussian, 2,000 clusters spread over the ten categories; queries are noisy copies of catalog
 vectors), with a codec fitted on 3,000 of them: for the numbers that depend on sizes, not on
-the embeddings (write, update and compaction latency), when the 70 minutes of fitting do not fit.
+the embeddings (write, update and compaction latency), when there is no time for the 70 minutes
+of fitting.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from snapshop.search.engine import Engine
 from snapshop.settings import load_settings
 
 FIT_ITEMS = 3000
+STAND_IN_PREFIX = "random"  # the item ids of --stand-in vectors
 BATCH = 64
 
 
@@ -111,10 +113,10 @@ def stand_in_vectors(out: Path, count: int = 70_000, queries: int = 500, dim: in
     features, codes = codec.encode(descriptors)
     np.savez(out / "vectors.npz", features=features, codes=codes,
              categories=np.array(FASHION_CATEGORIES)[cluster % len(FASHION_CATEGORIES)],
-             item_ids=np.array([f"random{i}" for i in range(count)]))
+             item_ids=np.array([f"{STAND_IN_PREFIX}{i}" for i in range(count)]))
     shown = rng.integers(0, count, queries)
     query_features, query_codes = codec.encode(descriptors[shown] + 0.5 * rng.standard_normal((queries, dim)).astype(np.float32))
-    np.savez(out / "queries.npz", features=query_features, codes=query_codes, item_ids=np.array([f"random{i}" for i in shown]))
+    np.savez(out / "queries.npz", features=query_features, codes=query_codes, item_ids=np.array([f"{STAND_IN_PREFIX}{i}" for i in shown]))
 
 
 def load(out: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
