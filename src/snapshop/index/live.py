@@ -33,7 +33,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -586,8 +586,7 @@ class LiveIndex:
                 states.pop(key, None)  # a partition left empty gets a fresh state from its later changes
                 if base is not None:
                     base = base if replica == 0 else BaseSegment.load(self.folder / SEGMENTS, base.name)
-                    empty = self._empty(*key, seq)
-                    states[key] = PartitionState(key[0], key[1], base, empty.delta, empty.tombstones, seq)
+                    states[key] = replace(self._empty(*key, seq), base=base)
             replicas.append(self._apply(states, later, added, rows_by_id) if later else states)
         self._publish(replicas, seq=self.seq)
 
