@@ -131,6 +131,21 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def disk_read_mb() -> float:
+    """Bytes this process has made the kernel read from disk so far (page-cache misses), in MB."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def work_and_waits(began_cpu: float, began_read: float) -> dict:
+    """What the calling thread computed (thread CPU seconds) and read from disk since the given
+    marks: a write whose wall time far exceeds its CPU time waited (disk, fsync, a lock)."""
+    return {"thread_cpu_s": round(time.thread_time() - began_cpu, 3),
+            "disk_read_mb": round(disk_read_mb() - began_read, 1)}
+
+
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f[:K]) & set(e[:K])) / K for f, e in zip(found, exact)]))
 
@@ -154,11 +169,12 @@ def timed_adds(store: MetadataStore, index: LiveIndex, rotation: ITQ, item_ids: 
                features: np.ndarray, codes: np.ndarray) -> dict:
     """Adds from the call until the next query sees them (commit + the live index's refresh),
     and how many of the first 200 are their own first result."""
-    began = time.perf_counter()
+    began, began_cpu, began_read = time.perf_counter(), time.thread_time(), disk_read_mb()
     ids = write(store, item_ids, partitions, features, codes)
     committed = time.perf_counter()
     index.refresh()
-    report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
+    report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3),
+              **work_and_waits(began_cpu, began_read)}
     found = index.search(rotation.query(features[:200]), features[:200], 10).image_ids[:, 0]
     report["found_first_of_200"] = float(np.mean(found == ids[:200]))
     return report
@@ -168,12 +184,13 @@ def timed_removes(store: MetadataStore, index: LiveIndex, rotation: ITQ, item_id
                   probes: np.ndarray, shortlist: int) -> dict:
     """Removes from the call until the next query sees them, their images found in the
     results of `probes` (should be none), and when the background sweep of their rows ended."""
-    began = time.perf_counter()
+    began, began_cpu, began_read = time.perf_counter(), time.thread_time(), disk_read_mb()
     with store.transaction():
         store.delete_items(item_ids)
     committed = time.perf_counter()
     index.refresh()
-    report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3)}
+    report = {"visible_s": round(time.perf_counter() - began, 3), "commit_s": round(committed - began, 3),
+              **work_and_waits(began_cpu, began_read)}
     hits = index.search(rotation.query(probes), probes, shortlist).image_ids
     report["removed_in_results"] = int(np.isin(hits, image_ids).sum())
     report["image_rows_swept_s"] = round(swept_after(store.path) - committed, 3)
