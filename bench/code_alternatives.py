@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from index_scale import K, calibrated_noise, fitted_rotation, recall, synthetic
+from index_scale import DEFAULT_GENERATOR, GENERATORS, K, Draws, calibrated_noise, fitted_rotation, recall, synthetic
 from real_embeddings import load as load_vectors
 from snapshop.index.live import ShardReplica
 from snapshop.index.partition import PartitionState
@@ -58,6 +58,8 @@ def corner_index(kind, *args) -> faiss.Index:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
+    parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
+                        help="how the synthetic embeddings are drawn (index_scale.Draws)")
     parser.add_argument("--total", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=Path("bench/out/code_alternatives.json"))
     args = parser.parse_args()
@@ -67,8 +69,9 @@ def main() -> None:
     real = catalog["features"].astype(np.float32)
     query_features = queries["features"].astype(np.float32)
     query_projections = rotation.project(query_features).astype(np.float32)
-    drawn, drawn_codes, drawn_parts = synthetic(real, catalog["categories"], args.total - len(real),
-                                                calibrated_noise(real), rotation)
+    draws = Draws(real, args.generator)
+    drawn, drawn_codes, drawn_parts = synthetic(draws, catalog["categories"], args.total - len(real),
+                                                calibrated_noise(draws), rotation)
     features = np.concatenate([real, drawn])
     codes = np.concatenate([catalog["codes"], drawn_codes])
     partitions = np.concatenate([catalog["categories"], drawn_parts])

@@ -82,35 +82,81 @@ def fitted_rotation(source: Path) -> ITQ:
     return rotation
 
 
-def synthetic(features: np.ndarray, partitions: np.ndarray, count: int, noise: float, rotation: ITQ, seed: int = 0):
-    """SYNTHETIC embeddings drawn around the real ones; codes from the same ITQ rotation."""
+NEIGHBOURS = 10  # real neighbours whose directions a "neighbours" draw moves along
+GENERATORS = ("axes", "neighbours")
+DEFAULT_GENERATOR = "axes"
+
+
+class Draws:
+    """How SYNTHETIC embeddings are drawn around the real ones: a real embedding plus noise,
+    re-normalised, where the noise runs
+
+    * "axes": along every dimension, with the real embeddings' spread in it (full rank: it fills
+      the directions the real embeddings never vary in);
+    * "neighbours": along the directions from the embedding to its NEIGHBOURS nearest real
+      ones (Gaussian weights), so a draw stays where real embeddings lie.
+
+    The noise scale is calibrated the same way for both (`calibrated_noise`)."""
+
+    def __init__(self, features: np.ndarray, generator: str) -> None:
+        if generator not in GENERATORS:
+            raise ValueError(f"unknown generator {generator!r}; one of {', '.join(GENERATORS)}")
+        self.features, self.generator = features, generator
+        self.spread = features.std(axis=0)
+        self.neighbours = nearest_real(features, NEIGHBOURS) if generator == "neighbours" else None
+
+    def around(self, source: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+        """One draw around each real embedding numbered in `source`, at this noise scale."""
+        origin = self.features[source]
+        if self.neighbours is None:
+            directions = self.spread * rng.standard_normal(origin.shape).astype(np.float32)
+        else:
+            away = self.features[self.neighbours[source]] - origin[:, None]
+            weights = rng.standard_normal((len(source), NEIGHBOURS)).astype(np.float32) / np.sqrt(NEIGHBOURS)
+            directions = np.einsum("nk,nkd->nd", weights, away)
+        return l2_normalize(origin + noise * directions)
+
+
+def nearest_real(features: np.ndarray, count: int) -> np.ndarray:
+    """Each embedding's `count` nearest others (exact inner product), N x count rows."""
+    flat = faiss.IndexFlatIP(features.shape[1])
+    flat.add(features)
+    rows = [flat.search(features[start : start + 5000], count + 1)[1]
+            for start in tqdm(range(0, len(features), 5000), desc="real neighbours", unit="batch")]
+    found = np.concatenate(rows)
+    itself = found == np.arange(len(features))[:, None]
+    itself[~itself.any(axis=1), -1] = True  # a duplicate may outrank the embedding itself: drop the last
+    return found[~itself].reshape(len(features), count)
+
+
+def synthetic(draws: Draws, partitions: np.ndarray, count: int, noise: float, rotation: ITQ, seed: int = 0):
+    """SYNTHETIC embeddings drawn around the real ones, in their source's partition; codes from
+    the same ITQ rotation."""
     rng = np.random.default_rng(seed)
-    spread = features.std(axis=0)
-    chunks = [(np.zeros((0, features.shape[1]), np.float32), partitions[:0])]
-    for start in range(0, count, 100_000):
-        n = min(100_000, count - start)
-        source = rng.integers(0, len(features), n)
-        drawn = l2_normalize(features[source] + noise * spread * rng.standard_normal((n, features.shape[1])).astype(np.float32))
-        chunks.append((drawn, partitions[source]))
+    chunks = [(np.zeros((0, draws.features.shape[1]), np.float32), partitions[:0])]
+    for start in range(0, count, 20_000):
+        source = rng.integers(0, len(draws.features), min(20_000, count - start))
+        chunks.append((draws.around(source, noise, rng), partitions[source]))
     drawn = np.concatenate([c[0] for c in chunks])
     return drawn, rotation.transform(drawn), np.concatenate([c[1] for c in chunks])
 
 
-def calibrated_noise(features: np.ndarray, sample: int = 2000) -> float:
+def calibrated_noise(draws: Draws, sample: int = 2000) -> float:
     """The noise scale whose draws are as similar to their source as real embeddings are to
     their nearest real neighbour (median cosine over a sample)."""
+    features = draws.features
     rng = np.random.default_rng(1)
-    probe = features[rng.choice(len(features), sample, replace=False)]
+    probe = rng.choice(len(features), sample, replace=False)
     flat = faiss.IndexFlatIP(features.shape[1])
     flat.add(features)
-    target = float(np.median(flat.search(probe, 2)[0][:, 1]))  # [:, 0] is the probe itself
-    spread = features.std(axis=0)
+    target = float(np.median(flat.search(features[probe], 2)[0][:, 1]))  # [:, 0] is the probe itself
     low, high = 0.0, 4.0
     for _ in range(30):
         noise = (low + high) / 2
-        drawn = l2_normalize(probe + noise * spread * rng.standard_normal(probe.shape).astype(np.float32))
-        low, high = (noise, high) if np.median((drawn * probe).sum(axis=1)) > target else (low, noise)
-    print(f"median cosine of a real embedding to its nearest real neighbour: {target:.3f}; noise scale {noise:.3f}")
+        drawn = draws.around(probe, noise, rng)
+        low, high = (noise, high) if np.median((drawn * features[probe]).sum(axis=1)) > target else (low, noise)
+    print(f"median cosine of a real embedding to its nearest real neighbour: {target:.3f}; "
+          f"noise scale ({draws.generator}) {noise:.3f}")
     return noise
 
 
@@ -262,6 +308,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/scale"))
     parser.add_argument("--total", type=int, default=1_000_000)
     parser.add_argument("--noise", type=float, default=None, help="noise scale [default: calibrated, see above]")
+    parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR, help="how synthetic embeddings are drawn (see Draws)")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
     catalog, queries = load_vectors(args.source)
@@ -274,9 +321,10 @@ def main() -> None:
     real_features, real_parts = catalog["features"].astype(np.float32), catalog["categories"]
     query_features = queries["features"].astype(np.float32)
     query_projections = rotation.query(query_features)
-    noise = args.noise if args.noise is not None else calibrated_noise(real_features)
-    report["synthetic_noise"] = round(noise, 3)
-    drawn, drawn_codes, drawn_parts = synthetic(real_features, real_parts, args.total - len(real_features), noise, rotation)
+    draws = Draws(real_features, args.generator)
+    noise = args.noise if args.noise is not None else calibrated_noise(draws)
+    report["synthetic"] = {"generator": args.generator, "noise": round(noise, 3)}
+    drawn, drawn_codes, drawn_parts = synthetic(draws, real_parts, args.total - len(real_features), noise, rotation)
     features = np.concatenate([real_features, drawn])
     codes = np.concatenate([catalog["codes"], drawn_codes])
     partitions = np.concatenate([real_parts, drawn_parts])
@@ -385,7 +433,7 @@ def main() -> None:
     }
 
     # --- live updates at this scale ------------------------------------------------------------------
-    new_features, new_codes, new_parts = synthetic(real_features, real_parts, 10_000, noise, rotation, seed=9)
+    new_features, new_codes, new_parts = synthetic(draws, real_parts, 10_000, noise, rotation, seed=9)
     report["add_10k"] = timed_adds(store, index, rotation, [f"new{i}" for i in range(10_000)], new_parts,
                                    new_features, new_codes)
     gone = np.random.default_rng(5).choice(len(features), 10_000, replace=False)

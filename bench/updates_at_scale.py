@@ -20,7 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_scale import calibrated_noise, fitted_rotation, open_built, synthetic, timed_adds, timed_removes
+from index_scale import DEFAULT_GENERATOR, GENERATORS, Draws, calibrated_noise, fitted_rotation, open_built, synthetic, timed_adds, timed_removes
 from real_embeddings import load as load_vectors
 from snapshop.settings import load_settings
 
@@ -30,6 +30,8 @@ COUNT = 10_000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
+    parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
+                        help="how the synthetic embeddings are drawn (index_scale.Draws)")
     parser.add_argument("--index", type=Path, default=Path("bench/out/scale"))
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -46,8 +48,9 @@ def main() -> None:
     victims = store.vectors(store.images_of(gone))
     probes = np.concatenate([queries["features"].astype(np.float32), victims.features[:500].astype(np.float32)])
     report["remove_10k"] = timed_removes(store, index, rotation, gone, victims.image_ids, probes, settings.shortlist)
-    added, added_codes, added_parts = synthetic(real_features, catalog["categories"], COUNT,
-                                                calibrated_noise(real_features), rotation, seed=1000 + args.seed)
+    draws = Draws(real_features, args.generator)
+    added, added_codes, added_parts = synthetic(draws, catalog["categories"], COUNT, calibrated_noise(draws), rotation,
+                                                seed=1000 + args.seed)
     report["add_10k"] = timed_adds(store, index, rotation, [f"fresh{args.seed}-{i}" for i in range(COUNT)],
                                    added_parts, added, added_codes)
     print(json.dumps(report, indent=2))
