@@ -6,10 +6,10 @@ What the index benchmarks (`bench/index_scale.py`) search. Made once, then reuse
 
 * an Engine indexes a 3,000-item Fashion-MNIST catalog (test split) with default settings:
   that fits the objectness model, the learned whitening (on synthetic views) and the ITQ
-  rotation exactly as `snapshop add` does (but for the category network, which no vector
-  depends on and whose two trainings took about 85 minutes on 2 cores: a
-  linear category classifier instead) (catalog side without localization, as in
-  `bench/search_speed.py`); `--fitted INDEX` copies an index already fitted by `snapshop add`
+  rotation exactly as `snapshop add` does (catalog side without localization, as in
+  `bench/search_speed.py`), but with a linear category classifier: no vector depends on the
+  category network, whose two trainings took about 85 minutes on 2 cores;
+  `--fitted INDEX` copies an index already fitted by `snapshop add`
   on a Fashion-MNIST catalog instead (e.g. the demo's) and saves fitting the models again;
 * every Fashion-MNIST image (60,000 train + 10,000 test), rendered as a catalog photo in
   memory, is described by that engine's CNN and encoded by its codec: float features and
