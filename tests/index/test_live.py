@@ -17,7 +17,7 @@ from snapshop.index.folder import IndexFolder
 from snapshop.index import scan
 from snapshop.index.live import LAYOUT, IndexParams, LiveIndex, ShardCodes
 from snapshop.index.scan import sign_code_index
-from snapshop.index.store import MetadataStore, NewImage, NewItem
+from snapshop.index.store import _LOG_REMOVALS, MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
 from snapshop.models.projection import sign_code
 from snapshop.models.pooling import l2_normalize
@@ -579,6 +579,15 @@ def test_a_removed_items_images_vanish_at_once_and_their_rows_are_swept_after_th
     assert index.store.images_of(gone) == []
     assert len(index.store.vectors().image_ids) == 30
     assert _wait_until(lambda: _raw_image_rows(path) == 30), "the removed items' image rows were never swept"
+
+
+def test_a_removal_finds_the_images_it_logs_without_reading_their_rows(synthetic):
+    index, *_ = synthetic(n=20)
+    with closing(sqlite3.connect(index.folder / "meta.sqlite")) as db:
+        plan = " ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + _LOG_REMOVALS, ("item1",)))
+    assert "searchable_images" in plan, plan
+    index.remove(["item1"])
+    assert [change.op for change in index.store.changes_since(0) if change.item_id == "item1"][-1] == "remove"
 
 
 def test_an_item_added_again_before_the_sweep_keeps_only_its_new_images(synthetic, monkeypatch):
