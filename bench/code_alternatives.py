@@ -32,8 +32,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from index_scale import DEFAULT_GENERATOR, GENERATORS, K, Draws, calibrated_noise, fitted_rotation, recall, synthetic
-from real_embeddings import load as load_vectors
+from index_scale import DEFAULT_GENERATOR, GENERATORS, K, Draws, calibrated_noise, recall, source_vectors, synthetic
 from snapshop.index.live import ShardReplica
 from snapshop.index.partition import PartitionState
 from snapshop.index.rerank import cosines
@@ -64,10 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/code_alternatives.json"))
     args = parser.parse_args()
 
-    catalog, queries = load_vectors(args.source)
-    rotation = fitted_rotation(args.source)
-    real = catalog["features"].astype(np.float32)
-    query_features = queries["features"].astype(np.float32)
+    catalog, real, query_features, rotation = source_vectors(args.source)
     query_projections = rotation.project(query_features).astype(np.float32)
     draws = Draws(real, args.generator)
     drawn, drawn_codes, drawn_parts = synthetic(draws, catalog["categories"], args.total - len(real),

@@ -85,6 +85,14 @@ def fitted_rotation(source: Path) -> ITQ:
     return rotation
 
 
+def source_vectors(source: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, ITQ]:
+    """What `bench/real_embeddings.py` saved in `source`: its catalog arrays, their float32
+    features, the queries' float32 features, and the fitted index's ITQ rotation."""
+    catalog, queries = load_vectors(source)
+    return (catalog, catalog["features"].astype(np.float32), queries["features"].astype(np.float32),
+            fitted_rotation(source))
+
+
 NEIGHBOURS = 10  # real neighbours whose directions a "neighbours" draw moves along
 GENERATORS = ("axes", "neighbours")
 DEFAULT_GENERATOR = "neighbours"  # the closer to real embeddings (bench/synthetic_fidelity.py)

@@ -28,8 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_scale import GENERATORS, K, Draws, calibrated_noise, fitted_rotation, recall
-from real_embeddings import load as load_vectors
+from index_scale import GENERATORS, K, Draws, calibrated_noise, recall, source_vectors
 from snapshop.index.scan import sign_code_index
 
 SHORTLISTS = (100, 400)
@@ -79,10 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
     args = parser.parse_args()
-    catalog, queries = load_vectors(args.source)
-    rotation = fitted_rotation(args.source)
-    real = catalog["features"].astype(np.float32)
-    query_features = queries["features"].astype(np.float32)
+    catalog, real, query_features, rotation = source_vectors(args.source)
     query_projections, query_codes = rotation.query(query_features), rotation.transform(query_features)
     sets = {"real": (real, catalog["codes"])}
     for generator in GENERATORS:
