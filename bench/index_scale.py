@@ -321,15 +321,13 @@ def main() -> None:
     parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR, help="how synthetic embeddings are drawn (see Draws)")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
-    catalog, queries = load_vectors(args.source)
-    rotation = fitted_rotation(args.source)
+    catalog, real_features, query_features, rotation = source_vectors(args.source)
     stand_in = str(catalog["item_ids"][0]).startswith(STAND_IN_PREFIX)  # bench/real_embeddings.py --stand-in
     report: dict = {"data": ("70,000 RANDOM stand-in vectors" if stand_in else "70,000 real Fashion-MNIST embeddings")
                     + " + SYNTHETIC embeddings drawn around them; queries: "
                     + ("RANDOM" if stand_in else "SIMULATED shopper photos") + "; one core per search",
                     "source": str(args.source)}
-    real_features, real_parts = catalog["features"].astype(np.float32), catalog["categories"]
-    query_features = queries["features"].astype(np.float32)
+    real_parts = catalog["categories"]
     query_projections = rotation.query(query_features)
     draws = Draws(real_features, args.generator)
     noise = args.noise if args.noise is not None else calibrated_noise(draws)

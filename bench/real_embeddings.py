@@ -22,8 +22,8 @@ Written to OUT/vectors.npz (features, codes, categories, item ids) and OUT/queri
 `--stand-in` writes RANDOM vectors of the same shapes instead, in seconds and without the CNN
 (Gaussian, 2,000 clusters spread over the ten categories; queries are noisy copies of catalog
 vectors), with a codec fitted on 3,000 of them: for the numbers that depend on sizes, not on
-the embeddings (write, update and compaction latency), when there is no time for the 70 minutes
-of fitting.
+the embeddings (write, update and compaction latency), when there is no time for the fitting
+and embedding (about 40 minutes on 2 cores).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_scale import DEFAULT_GENERATOR, GENERATORS, Draws, calibrated_noise, fitted_rotation, open_built, synthetic, timed_adds, timed_removes
-from real_embeddings import load as load_vectors
+from index_scale import (DEFAULT_GENERATOR, GENERATORS, Draws, calibrated_noise, open_built, source_vectors, synthetic,
+                         timed_adds, timed_removes)
 from snapshop.settings import load_settings
 
 COUNT = 10_000
@@ -36,9 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
-    catalog, queries = load_vectors(args.source)
-    rotation = fitted_rotation(args.source)
-    real_features = catalog["features"].astype(np.float32)
+    catalog, real_features, query_features, rotation = source_vectors(args.source)
     settings = load_settings({})
     store, index = open_built(args.index, catalog["codes"].shape[1] * 8, real_features.shape[1])
     report: dict = {"index": str(args.index), "images": len(index), "seed": args.seed}
@@ -46,7 +44,7 @@ def main() -> None:
     items = [item for item in store.item_ids() if item.startswith("v")]
     gone = list(np.random.default_rng(args.seed).choice(items, COUNT, replace=False))
     victims = store.vectors(store.images_of(gone))
-    probes = np.concatenate([queries["features"].astype(np.float32), victims.features[:500].astype(np.float32)])
+    probes = np.concatenate([query_features, victims.features[:500].astype(np.float32)])
     report["remove_10k"] = timed_removes(store, index, rotation, gone, victims.image_ids, probes, settings.shortlist)
     draws = Draws(real_features, args.generator)
     added, added_codes, added_parts = synthetic(draws, catalog["categories"], COUNT, calibrated_noise(draws), rotation,
