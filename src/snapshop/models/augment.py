@@ -108,10 +108,12 @@ def _border_colour(pixels: np.ndarray) -> np.ndarray:
     return np.median(_border(pixels), axis=0)
 
 
-def synthetic_view(image: Image.Image, background: Image.Image, rng: np.random.Generator) -> SyntheticView:
+def synthetic_view(image: Image.Image, background: Image.Image, rng: np.random.Generator, *,
+                   cutout: tuple[Image.Image, Image.Image] | None = None) -> SyntheticView:
     """One view: the product cut out, re-lit, turned, tilted, scaled and pasted on a random crop of
-    `background`, then photographed (uneven light, sensor noise, blur, JPEG)."""
-    colour, alpha = cut_out(image)
+    `background`, then photographed (uneven light, sensor noise, blur, JPEG). `cutout`:
+    `cut_out(image)` made once for several views of the image."""
+    colour, alpha = cutout if cutout is not None else cut_out(image)
     layer = Image.merge("RGBA", (*_relight(colour, rng).split(), alpha)).convert("RGBa")  # premultiplied
     layer = layer.rotate(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), Image.BILINEAR, expand=True)
     layer = _tilt(layer, rng)

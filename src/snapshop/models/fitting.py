@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from snapshop.models.augment import VIEW_SIDE, generic_photos, is_clean_shot, jitter_box, synthetic_view
+from snapshop.models.augment import VIEW_SIDE, cut_out, generic_photos, is_clean_shot, jitter_box, synthetic_view
 from snapshop.models.backbone import Backbone
 from snapshop.models.encoder import Descriptions, ImageEncoder, crop
 from snapshop.models.localize import CellObjectness, ContextObjectness, ObjectnessModel, find_boxes
@@ -66,8 +66,11 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
     fronts: dict[str, list[np.ndarray]] = {name: [] for name in parts}
     for start in tqdm(range(0, len(images), BATCH), desc="synthetic views", unit="batch", disable=not progress):
         batch = images[start : start + BATCH]
-        views = [synthetic_view(image, scenes[rng.integers(len(scenes))], rng)
-                 for image in batch for _ in range(views_per_image)]
+        views = []
+        for image in batch:
+            cutout = cut_out(image)  # once for all the image's views
+            views += [synthetic_view(image, scenes[rng.integers(len(scenes))], rng, cutout=cutout)
+                      for _ in range(views_per_image)]
         # At the views' own side, whatever `detect_size` photos are localized at: the objectness
         # net is convolutional, and a larger photo gives a small product more cells (docs/benchmarks.md).
         maps = encoder.backbone.feature_maps([view.image for view in views], VIEW_SIDE)
@@ -75,8 +78,8 @@ def describe_views(encoder: ImageEncoder, images: Sequence[Image.Image], rows: n
         current = fisher if fit_objectness and fisher.can_solve else encoder.objectness
         found = [_main_box(current, m, view.image.size) for m, view in zip(maps, views)]
         if fit_objectness:
-            sources = [image for image in batch for _ in range(views_per_image)]
-            clean = [i for i, image in enumerate(sources) if is_clean_shot(image)]  # a product's true silhouette
+            clean_sources = [is_clean_shot(image) for image in batch]  # a product's true silhouette
+            clean = [i for i in range(len(views)) if clean_sources[i // views_per_image]]
             for model in (fisher, context):
                 model.partial_fit(maps[clean], [views[i].mask for i in clean])
             if fisher.can_solve:
