@@ -7,8 +7,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from snapshop.models.encoder import CROP_MARGIN, ImageEncoder, crop
-from snapshop.models.localize import (Box, ContextObjectness, ObjectnessModel, _convolve, box_iou, find_boxes,
-                                      objectness_from_arrays)
+from snapshop.models.localize import (Box, ContextObjectness, ObjectnessModel, _cell_cover, _convolve, box_iou,
+                                      find_boxes, objectness_from_arrays)
 
 WIDTH, HEIGHT = 480, 360
 
@@ -270,3 +270,11 @@ def test_box_iou():
     assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
     assert box_iou([0, 0, 10, 10], [2, 2, 4, 4]) == pytest.approx(4 / 100)
     assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
+
+
+def test_cell_cover_is_each_cells_own_share_of_the_mask():
+    """Cells of unequal size (37 rows in 5 cells, 53 columns in 7) each get the share they hold."""
+    mask = np.random.default_rng(0).random((37, 53)) > 0.5
+    rows, cols = np.array_split(np.arange(37), 5), np.array_split(np.arange(53), 7)
+    expected = [[mask[np.ix_(r, c)].mean() for c in cols] for r in rows]
+    np.testing.assert_array_equal(_cell_cover(mask, (5, 7)), expected)
