@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from index_scale import DEFAULT_GENERATOR, GENERATORS, K, Draws, calibrated_noise, recall, source_vectors, synthetic
+from index_scale import K, recall, scale_arguments, scaled_vectors
 from snapshop.index.live import ShardReplica
 from snapshop.index.partition import PartitionState
 from snapshop.index.rerank import cosines
@@ -55,23 +55,10 @@ def corner_index(kind, *args) -> faiss.Index:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
-    parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
-                        help="how the synthetic embeddings are drawn (index_scale.Draws)")
-    parser.add_argument("--total", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/code_alternatives.json"))
-    args = parser.parse_args()
-
-    catalog, real, query_features, rotation = source_vectors(args.source)
+    args = scale_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                           Path("bench/out/code_alternatives.json"))
+    _, features, codes, partitions, query_features, rotation = scaled_vectors(args)
     query_projections = rotation.project(query_features).astype(np.float32)
-    draws = Draws(real, args.generator)
-    drawn, drawn_codes, drawn_parts = synthetic(draws, catalog["categories"], args.total - len(real),
-                                                calibrated_noise(draws), rotation)
-    features = np.concatenate([real, drawn])
-    codes = np.concatenate([catalog["codes"], drawn_codes])
-    partitions = np.concatenate([catalog["categories"], drawn_parts])
-    del drawn, drawn_codes
     features16 = features.astype(np.float16)
     projections = rotation.project(features).astype(np.float32)  # an orthogonal rotation: same inner products
     sample = projections[np.random.default_rng(0).choice(len(projections), TRAIN_SAMPLE, replace=False)]

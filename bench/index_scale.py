@@ -151,6 +151,27 @@ def synthetic(draws: Draws, partitions: np.ndarray, count: int, noise: float, ro
     return drawn, rotation.transform(drawn), np.concatenate([c[1] for c in chunks])
 
 
+
+def scale_arguments(parser: argparse.ArgumentParser, out: Path) -> argparse.Namespace:
+    """--source, --generator, --total and --out (default `out`), parsed, as the 1M comparisons take them."""
+    parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
+    parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
+                        help="how the synthetic embeddings are drawn (Draws)")
+    parser.add_argument("--total", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=out)
+    return parser.parse_args()
+
+
+def scaled_vectors(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray, ITQ]:
+    """The saved catalog, then `args.total` features, codes and partitions (the real ones first,
+    then SYNTHETIC draws around them at the calibrated noise), the queries' features and the rotation."""
+    catalog, real, query_features, rotation = source_vectors(args.source)
+    draws = Draws(real, args.generator)
+    drawn, drawn_codes, drawn_parts = synthetic(draws, catalog["categories"], args.total - len(real),
+                                                calibrated_noise(draws), rotation)
+    return (catalog, np.concatenate([real, drawn]), np.concatenate([catalog["codes"], drawn_codes]),
+            np.concatenate([catalog["categories"], drawn_parts]), query_features, rotation)
+
 def calibrated_noise(draws: Draws, sample: int = 2000) -> float:
     """The noise scale whose draws are as similar to their source as real embeddings are to
     their nearest real neighbour (median cosine over a sample)."""

@@ -34,7 +34,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from code_alternatives import corner_index
-from index_scale import DEFAULT_GENERATOR, GENERATORS, K, Draws, calibrated_noise, recall, source_vectors, synthetic
+from index_scale import K, recall, scale_arguments, scaled_vectors
 from snapshop.index.live import ShardReplica
 from snapshop.index.partition import PartitionState
 from snapshop.index.rerank import cosines
@@ -95,25 +95,13 @@ def ivf_over_codes(projections: np.ndarray, codes: np.ndarray, lists: int) -> fa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
-    parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
-                        help="how the synthetic embeddings are drawn (index_scale.Draws)")
-    parser.add_argument("--total", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/pruning.json"))
-    args = parser.parse_args()
-
-    catalog, real, query_features, rotation = source_vectors(args.source)
+    args = scale_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), Path("bench/out/pruning.json"))
+    catalog, features, codes, partitions, query_features, rotation = scaled_vectors(args)
+    real_count = len(catalog["features"])
     queries = np.load(args.source / "queries.npz")
     category_of = dict(zip(catalog["item_ids"].tolist(), catalog["categories"].tolist()))
-    draws = Draws(real, args.generator)
-    drawn, drawn_codes, drawn_parts = synthetic(draws, catalog["categories"], args.total - len(real),
-                                                calibrated_noise(draws), rotation)
-    features = np.concatenate([real, drawn])
-    codes = np.concatenate([catalog["codes"], drawn_codes])
-    classes, labels = np.unique(np.concatenate([catalog["categories"], drawn_parts]), return_inverse=True)
+    classes, labels = np.unique(partitions, return_inverse=True)
     query_labels = np.searchsorted(classes, [category_of[item] for item in queries["item_ids"].tolist()])
-    del drawn, drawn_codes
     features16 = features.astype(np.float16)
     query_projections = rotation.query(query_features).astype(np.float32)
     members = [np.flatnonzero(labels == number) for number in range(len(classes))]
@@ -181,7 +169,7 @@ def main() -> None:
 
         # --- by k-means lists -------------------------------------------------------------------------
         projections = rotation.project(features).astype(np.float32)
-        for scope, count in (("70,000 real", len(real)), ("all", len(features))):
+        for scope, count in (("70,000 real", real_count), ("all", len(features))):
             lists = 256 if count < 200_000 else 1024
             ivf = ivf_over_codes(projections[:count], codes[:count], lists)
             truth = faiss.IndexFlatIP(features.shape[1])
