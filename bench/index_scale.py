@@ -151,9 +151,9 @@ def synthetic(draws: Draws, partitions: np.ndarray, count: int, noise: float, ro
     return drawn, rotation.transform(drawn), np.concatenate([c[1] for c in chunks])
 
 
-
 def scale_arguments(parser: argparse.ArgumentParser, out: Path) -> argparse.Namespace:
-    """--source, --generator, --total and --out (default `out`), parsed, as the 1M comparisons take them."""
+    """--source, --generator, --total and --out (default `out`) added to `parser`, and parsed:
+    the options every 1M benchmark takes."""
     parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
     parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
                         help="how the synthetic embeddings are drawn (Draws)")
@@ -171,6 +171,7 @@ def scaled_vectors(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], np.
                                                 calibrated_noise(draws), rotation)
     return (catalog, np.concatenate([real, drawn]), np.concatenate([catalog["codes"], drawn_codes]),
             np.concatenate([catalog["categories"], drawn_parts]), query_features, rotation)
+
 
 def calibrated_noise(draws: Draws, sample: int = 2000) -> float:
     """The noise scale whose draws are as similar to their source as real embeddings are to
@@ -335,12 +336,8 @@ def latency_during_compactions(index: LiveIndex, one_query, queries: int, first:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("bench/out/fm70k-vectors"))
-    parser.add_argument("--out", type=Path, default=Path("bench/out/scale"))
-    parser.add_argument("--total", type=int, default=1_000_000)
     parser.add_argument("--noise", type=float, default=None, help="noise scale [default: calibrated, see above]")
-    parser.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR, help="how synthetic embeddings are drawn (see Draws)")
-    args = parser.parse_args()
+    args = scale_arguments(parser, Path("bench/out/scale"))
     faiss.omp_set_num_threads(1)
     catalog, real_features, query_features, rotation = source_vectors(args.source)
     stand_in = str(catalog["item_ids"][0]).startswith(STAND_IN_PREFIX)  # bench/real_embeddings.py --stand-in

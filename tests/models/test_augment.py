@@ -77,7 +77,6 @@ def test_synthetic_view_records_where_the_product_went(draw_product):
     assert 0 <= x0 < x1 <= view.image.width and 0 <= y0 < y1 <= view.image.height
 
 
-
 def test_a_view_from_a_cut_out_made_beforehand_is_the_same_view(draw_product):
     """Several views of one image share its cut-out (`describe_views` makes it once)."""
     image, scene = draw_product("circle", 1), generic_photos()[0]
@@ -85,6 +84,7 @@ def test_a_view_from_a_cut_out_made_beforehand_is_the_same_view(draw_product):
     reused = synthetic_view(image, scene, np.random.default_rng(3), cutout=cut_out(image))
     assert made_here.box == reused.box and np.array_equal(made_here.mask, reused.mask)
     assert np.array_equal(np.asarray(made_here.image), np.asarray(reused.image))
+
 
 def test_jittered_box_stays_inside_and_near():
     rng = np.random.default_rng(0)
