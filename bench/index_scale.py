@@ -64,8 +64,7 @@ def open_built(folder: Path, bits: int, dim: int) -> tuple[MetadataStore, LiveIn
     """The store and live index this script built in `folder`, with the default settings."""
     settings = load_settings({})
     store = MetadataStore(folder / "meta.sqlite")
-    params = IndexParams(bits=bits, dim=dim, compact_delta=settings.compact_delta,
-                         compact_tombstones=settings.compact_tombstones)
+    params = IndexParams.from_settings(settings, bits=bits, dim=dim)
     return store, LiveIndex(folder, store, params, codec="bench")
 
 
@@ -370,8 +369,7 @@ def main() -> None:
                                 partitions[part], features[part], codes[part])
     report["write_s"] = round(time.perf_counter() - began, 1)
     settings = load_settings({})
-    params = IndexParams(bits=codes.shape[1] * 8, dim=features.shape[1], compact_delta=settings.compact_delta,
-                         compact_tombstones=settings.compact_tombstones)
+    params = IndexParams.from_settings(settings, bits=codes.shape[1] * 8, dim=features.shape[1])
     began = time.perf_counter()
     index = LiveIndex(args.out, store, params, codec="bench")
     index.compact()

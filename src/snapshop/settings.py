@@ -73,8 +73,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("whitening", "learned", "Projection fitted on a large catalog: learned (from synthetic views) or pca.", str,
             choices=("learned", "pca")),
     Setting("shortlist", 800, "Shortlist size R: best codes per shard re-ranked by float cosine.", int, minimum=1),
-    Setting("nprobe", 16, "Inverted lists a Milvus search visits (the faiss backend scores every code).", int,
+    Setting("nprobe", 16, "Inverted lists a Milvus search visits.", int, minimum=1),
+    Setting("lists_probed", 400, "k-means lists the faiss backend scans per shard, nearest first (its nprobe).", int,
             minimum=1),
+    Setting("list_size", 512, "Codes per k-means list of a large base segment (faiss backend).", int, minimum=32),
+    Setting("lists_from", 65_536, "Images from which a base segment is split into k-means lists; smaller ones are "
+            "scanned whole.", int, minimum=1),
     Setting("shards", 1, "Shards the index is split into by a hash of item_id (a change re-shards on compaction).",
             int, minimum=1, maximum=64),
     Setting("replicas", 1, "Copies of each shard; queries go to them in turn, and to another when one fails.", int,

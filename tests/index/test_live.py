@@ -370,6 +370,39 @@ def test_a_reopened_index_memory_maps_its_segments(synthetic):
     reopened.close()
 
 
+SPLIT = {"list_size": 32, "lists_from": 150}  # 200 images a partition: about 6 k-means lists each
+
+
+def test_a_large_base_is_split_into_k_means_lists_and_scanning_them_all_answers_alike(synthetic):
+    s, ids, labels, codes, features = synthetic(n=600, lists_probed=1_000, **SPLIT)
+    queries = l2_normalize(features[:30] + 0.3 * np.random.default_rng(6).standard_normal(features[:30].shape).astype(np.float32))
+    before = s.index.search(project(queries), queries, shortlist=40)
+    s.index.compact()
+    report = s.index.segment_report()
+    assert all(seg["base"] == "k-means lists" and seg["lists"] == 6 and seg["base_images"] == 200 for seg in report)
+    base = s.index.shards[0][0].states["a"].base
+    assert base.centroids.shape == (6, 64) and np.bincount(base.list_of).sum() == 200
+    after = s.index.search(project(queries), queries, shortlist=40)
+    assert (before.image_ids == after.image_ids).all() and np.allclose(before.scores, after.scores)
+    assert_answers_as_a_reopened_index(s, s.index, queries)
+
+
+def test_a_query_scans_only_the_lists_nearest_it_and_never_a_removed_image(synthetic):
+    s, ids, labels, codes, features = synthetic(n=600, lists_probed=4, **SPLIT)
+    s.index.compact()
+    s.remove([f"item{i}" for i in range(0, 600, 7)])
+    more_codes, more_features = random_vectors(30, seed=4)
+    more = s.write([f"more{i}" for i in range(30)], ["a", "b", "c"] * 10, more_codes, more_features)  # deltas: scanned whole
+    found = s.index.search(project(features), features, shortlist=20)
+    explain = found.explain
+    assert sum(part["lists_probed"] for part in explain) == pytest.approx(4 + 3)  # 4 of 18 split lists, and 3 deltas
+    removed = ids[::7]
+    assert not np.isin(found.image_ids, removed).any()
+    live = np.setdiff1d(np.arange(600), np.arange(0, 600, 7))
+    assert (found.image_ids[live, 0] == ids[live]).mean() >= 0.9  # its own list is near it: 0.98 in real runs
+    assert (s.index.search(project(more_features), more_features, shortlist=5).image_ids[:, 0] == more).all()
+
+
 def test_queries_during_compaction_see_the_old_or_the_new_state_never_a_mix(synthetic):
     s, ids, labels, codes, features = synthetic(n=2000, partitions=("a", "b"))
     expected = s.index.search(project(features[:16]), features[:16], shortlist=10).image_ids

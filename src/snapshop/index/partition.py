@@ -1,19 +1,28 @@
 """One category partition of one shard: base segment + delta segment + tombstones.
 
 Its shard searches the codes of every partition in one scan (`code_lists` names them, with
-their rows and which are tombstoned: those are filtered at search time), then reads the ids
-and float16 features of the candidates it keeps from those rows.
+their rows and which are tombstoned: those are filtered at search time), then reads the ids and float16 features of the candidates it keeps from those rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
 from snapshop.index.scan import CodeList
 from snapshop.index.segments import BaseSegment, DeltaSegment, Rows
+
+
+class SegmentCodes(NamedTuple):
+    """What a shard's scan needs of one segment: its codes' lists, its rows and which rows are
+    tombstoned (None: none)."""
+
+    codes: CodeList
+    rows: Rows
+    dead: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -65,12 +74,11 @@ class PartitionState:
         delta = self.delta.with_rows(added, removed[~in_base]) if len(added) or (~in_base).any() else self.delta
         return replace(self, delta=delta, tombstones=tombstones)
 
-    def code_lists(self) -> list[tuple[CodeList, Rows, np.ndarray | None]]:
-        """Each non-empty segment's codes with its rows (base first, then the delta) and, for
-        the base, which of them are tombstoned (None: none)."""
+    def code_lists(self) -> list[SegmentCodes]:
+        """Each non-empty segment's codes, base first, then the delta."""
         lists = []
         if self.base is not None:
-            lists.append((self.base.codes, self.base.rows, self._dead if len(self.tombstones) else None))
+            lists.append(SegmentCodes(self.base.codes, self.base.rows, self._dead if len(self.tombstones) else None))
         if len(self.delta):
-            lists.append((self.delta.codes, self.delta.rows, None))
+            lists.append(SegmentCodes(self.delta.codes, self.delta.rows, None))
         return lists

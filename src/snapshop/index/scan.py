@@ -10,17 +10,18 @@ faiss computes it with its 4-bit fast-scan product quantizer whose every codeboo
 corners of a 4-d cube (±1 on each axis): a code's PQ encoding is then its own bits, stored once,
 32 bytes per image at 256 bits, and each image's score is a sum of SIMD table lookups.
 
-A segment's codes are one faiss inverted list (`CodeList`), labelled `tag << 32 | row`.
+A segment's codes are one faiss inverted-lists object (`CodeList`), labelled `tag << 32 | row`:
+a single list, or, for a large base segment, one list per k-means centroid (index/coarse.py).
 A shard stacks the lists of all its segments, without copying them, under one fast-scan IVF
-index (`CodeScan`) and searches the lists of the partitions a query asks for with
-`search_preassigned`: one pass and one heap of R for every partition, where a scan per
+index (`CodeScan`) and searches the lists a query asks for with `search_preassigned` (each
+query its own lists): one pass and one heap of R for every partition, where a scan per
 partition kept a heap each and the shard merged them (1M images in ten partitions, shortlist
 2600, same machine and day: 4.6-4.9 ms a query against 7.7-8.7 ms; docs/benchmarks.md).
 
-A shortlist many times smaller than the codes it is drawn from is found by threshold instead
+A shortlist many times smaller than the codes of whole segments is found by threshold instead
 (`CodeScan.above_threshold`): faiss's top-k scan slows as k grows (its reservoir refills and
 re-selects from the start of the scan, when its threshold is still low), while a scan against
-a fixed threshold only collects what passes. Every long list keeps a sample of its codes (one in
+a fixed threshold only collects what passes. Every large segment keeps a sample of its codes (one in
 SAMPLE_STRIDE); the score that a little more than the wanted share of the sample exceeds is the
 threshold, and one faiss range search over the lists returns every code above it.
 """
@@ -41,7 +42,7 @@ TAG_SHIFT = 32
 ROW_MASK = (1 << TAG_SHIFT) - 1
 _tags = itertools.count(1)  # process-wide: two lists stacked together never share a tag
 SAMPLE_STRIDE = 32  # a long list's sample holds one code in 32 ...
-SAMPLED_LIST_MIN = 4_096  # ... of lists this long or longer
+SAMPLED_LIST_MIN = 4_096  # ... of segments this large or larger
 THRESHOLD_SCAN_MIN = 64  # a threshold scan pays when the sampled codes outnumber the wanted ones 64 times
 THRESHOLD_SCAN_BATCH_MAX = 2  # larger batches are cheaper by top-k: faiss shares each pass over the codes among them
 MARGIN_SIGMAS = 3  # the threshold is this many standard deviations of the sample's count below the wanted share
@@ -71,8 +72,8 @@ def sign_code_index(codes: np.ndarray) -> faiss.IndexPQFastScan:
 
 
 def _lists_index(bits: int, lists: int) -> faiss.IndexIVFPQFastScan:
-    """An IVF fast-scan index over the corner codebooks whose lists are chosen by the caller:
-    its coarse quantizer (zeros) is never asked."""
+    """An IVF fast-scan index over the corner codebooks whose lists are chosen by the caller
+    (a range search scans every list, its coarse quantizer's zeros being all alike)."""
     quantizer = faiss.IndexFlatL2(bits)
     quantizer.add(np.zeros((lists, bits), np.float32))
     index = faiss.IndexIVFPQFastScan(quantizer, bits, lists, bits // 4, 4, faiss.METRIC_INNER_PRODUCT)
@@ -81,30 +82,42 @@ def _lists_index(bits: int, lists: int) -> faiss.IndexIVFPQFastScan:
 
 
 class CodeList:
-    """One segment's codes as a one-list faiss index, labelled `tag << 32 | row`.
+    """One segment's codes as faiss inverted lists, labelled `tag << 32 | row`: one list, or
+    one per k-means centroid (`centroids`, lists x bits), each code in the one `list_of` names.
 
     A code's PQ encoding over the corner codebooks is its own bits (the low nibble of a PQ byte
     holds dims 8j..8j+3, dim 8j in its lowest bit: our packed bytes with their bits reversed),
-    so the list is filled by faiss's own fast-scan packer, block by block, without encoding
-    float vectors (30 ms for 100,000 codes against 380 ms through `IndexPQFastScan.add`)."""
+    so the lists are filled by faiss's own fast-scan packer, block by block, without encoding
+    float vectors (30 ms for 100,000 codes against 380 ms through `IndexPQFastScan.add`).
+    A large segment keeps a sample of its codes (one in SAMPLE_STRIDE), in one list."""
 
-    def __init__(self, codes: np.ndarray, *, sampled: bool = True) -> None:
+    def __init__(self, codes: np.ndarray, list_of: np.ndarray | None = None, centroids: np.ndarray | None = None, *,
+                 sampled: bool = True) -> None:
         self.tag = next(_tags)
         self.size, self.bits = len(codes), codes.shape[1] * 8
+        self.centroids = centroids
+        self.lists = 1 if centroids is None else len(centroids)
+        list_of = np.zeros(self.size, np.int64) if centroids is None else np.asarray(list_of, np.int64)
         self.sample = (CodeList(np.ascontiguousarray(codes[::SAMPLE_STRIDE]), sampled=False)
                        if sampled and self.size >= SAMPLED_LIST_MIN else None)
-        self._owner = _lists_index(self.bits, 1)
+        self.list_sizes = np.bincount(list_of, minlength=self.lists).astype(np.int64)
+        self._owner = _lists_index(self.bits, self.lists)
         self.invlists = self._owner.invlists
-        if self.size:
-            lists = faiss.downcast_InvertedLists(self.invlists)
-            blocks = _fast_scan_blocks(codes, lists.packer)
-            labels = np.arange(self.size, dtype=np.int64) | (self.tag << TAG_SHIFT)
-            lists.add_entries(0, self.size, faiss.swig_ptr(labels), faiss.swig_ptr(blocks))  # whole blocks, copied
+        inverted = faiss.downcast_InvertedLists(self.invlists)
+        members = np.argsort(list_of, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(self.list_sizes)])
+        for number in np.flatnonzero(self.list_sizes):
+            rows = members[bounds[number] : bounds[number + 1]]
+            blocks = _fast_scan_blocks(codes[rows], inverted.packer)
+            labels = rows | (self.tag << TAG_SHIFT)
+            inverted.add_entries(int(number), len(rows), faiss.swig_ptr(labels), faiss.swig_ptr(blocks))  # copied
 
     @property
     def nbytes(self) -> int:
-        """Memory it holds: packed codes (whole blocks of 32) and an 8-byte label per code, its sample's too."""
-        own = -(-self.size // BLOCK) * BLOCK * self.bits // 8 + 8 * self.size
+        """Memory it holds: packed codes (whole blocks of 32 per list), an 8-byte label per code,
+        its centroids and its sample's."""
+        own = int((-(-self.list_sizes // BLOCK)).sum()) * BLOCK * self.bits // 8 + 8 * self.size
+        own += self.centroids.nbytes if self.centroids is not None else 0
         return own + (self.sample.nbytes if self.sample is not None else 0)
 
 
@@ -120,93 +133,127 @@ def _fast_scan_blocks(codes: np.ndarray, packer: faiss.CodePacker) -> np.ndarray
 
 
 class CodeScan:
-    """The lists of many segments stacked (faiss VStackInvertedLists, no copy) under one index."""
+    """The lists of many segments stacked (faiss VStackInvertedLists, no copy) under one index.
+
+    The stack numbers the lists of segment i from `first[i]` on. `probe` names the lists a
+    search scans: every list of a segment in one list, and of the segments split into k-means
+    lists, the `nprobe` (over them all) whose centroids score best with the query. A search
+    answers with segment numbers and rows."""
 
     def __init__(self, lists: Sequence[CodeList]) -> None:
         self.lists = list(lists)
         self.sizes = np.array([code_list.size for code_list in self.lists], np.int64)
+        counts = np.array([code_list.lists for code_list in self.lists], np.int64)
+        self.first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.list_sizes = (np.concatenate([code_list.list_sizes for code_list in self.lists])
+                           if self.lists else np.zeros(0, np.int64))
         tags = np.array([code_list.tag for code_list in self.lists], np.int64)
         self._tag_order = np.argsort(tags)
         self._sorted_tags = tags[self._tag_order]
         if self.lists:
             self._index = _stacked(self.lists)
+        self.split = np.array([code_list.centroids is not None for code_list in self.lists], bool)
+        self._centroids = (np.concatenate([self.lists[number].centroids for number in np.flatnonzero(self.split)])
+                           if self.split.any() else np.zeros((0, 0), np.float32))
+        self._centroid_of = np.full(len(self.list_sizes), -1, np.int64)  # a split segment's list -> its centroid
+        self._centroid_of[self.lists_of(np.flatnonzero(self.split))] = np.arange(len(self._centroids))
         sampled = [number for number, code_list in enumerate(self.lists) if code_list.sample is not None]
         self._samples = CodeScan([self.lists[number].sample for number in sampled]) if sampled else None
         self._sample_of = np.full(len(self.lists), -1, np.int64)
         self._sample_of[sampled] = np.arange(len(sampled))
         self._range_indexes: dict[bytes, faiss.IndexIVFPQFastScan] = {}
 
+    def lists_of(self, segments: np.ndarray) -> np.ndarray:
+        """The stack's numbers of every list of the given segments."""
+        if not len(segments):
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(self.first[number], self.first[number] + self.lists[number].lists)
+                               for number in segments])
+
+    def probe(self, projections: np.ndarray, segments: np.ndarray, nprobe: int) -> np.ndarray:
+        """The lists to scan of the given segments: one row for every query where that is all
+        their lists, else a row per query (see the class's docstring)."""
+        whole, split = self.lists_of(segments[~self.split[segments]]), self.lists_of(segments[self.split[segments]])
+        if len(split) <= nprobe:
+            return np.concatenate([whole, split])
+        scores = (projections @ self._centroids.T)[:, self._centroid_of[split]]  # every centroid: no copy of them
+        nearest = split[np.argpartition(-scores, nprobe - 1, axis=1)[:, :nprobe]]
+        return np.concatenate([np.broadcast_to(whole, (len(projections), len(whole))), nearest], axis=1)
+
     def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The best `count` codes of the lists numbered `probe`, per query, best first: their
-        scores, list numbers and rows in their list (-inf / -1 / -1 pad)."""
+        """The best `count` codes of the probed lists (as `probe` gives them, -1 pads), per
+        query, best first: their scores, segment numbers and rows in their segment (-inf / -1 / -1 pad)."""
         scores, labels = self._top_k(projections, count, probe)
         found = labels >= 0
-        lists, rows = self._lists_and_rows(labels)
-        return np.where(found, scores, -np.inf).astype(np.float32), np.where(found, lists, -1), np.where(found, rows, -1)
+        segments, rows = self._segments_and_rows(labels)
+        return (np.where(found, scores, -np.inf).astype(np.float32), np.where(found, segments, -1),
+                np.where(found, rows, -1))
 
-    def best_scores(self, projections: np.ndarray, count: int, probe: np.ndarray) -> np.ndarray:
-        """The scores alone of `search` (pads: faiss's own)."""
-        return self._top_k(projections, count, probe)[0]
+    def probed_codes(self, probe: np.ndarray) -> np.ndarray:
+        """Codes in the probed lists, per row of `probe`."""
+        probe = np.atleast_2d(probe)
+        sizes = np.append(self.list_sizes, 0)  # -1 pads
+        return sizes[probe].sum(axis=1)
 
     def _top_k(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's top-k scan of the probed lists: scores and labels, best first."""
+        """faiss's top-k scan of the probed lists: scores and labels, best first (pads: faiss's own)."""
         queries = len(projections)
-        count = min(count, int(self.sizes[probe].sum()) if len(probe) else 0)
+        count = min(count, int(self.probed_codes(probe).max(initial=0)))
         if count <= 0:
             return np.zeros((queries, 0), np.float32), np.zeros((queries, 0), np.int64)
-        assign = np.full((queries, len(self.lists)), -1, np.int64)  # -1: a list not probed
-        assign[:, : len(probe)] = probe
+        assign = np.ascontiguousarray(np.broadcast_to(probe, (queries, probe.shape[-1])), np.int64)
         projections = np.ascontiguousarray(projections, np.float32)  # named: faiss gets raw pointers
         unused_distances = np.zeros(assign.shape, np.float32)
         scores = np.empty((queries, count), np.float32)
         labels = np.empty((queries, count), np.int64)
+        width = faiss.SearchParametersIVF(nprobe=assign.shape[1])  # faiss reads rows of its nprobe keys
         self._index.search_preassigned_c(queries, faiss.swig_ptr(projections), count, faiss.swig_ptr(assign),
                                          faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores),
-                                         faiss.swig_ptr(labels), False)
+                                         faiss.swig_ptr(labels), False, width)
         return scores, labels
 
     def above_threshold(self, projections: np.ndarray, count: int,
-                        probe: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
-        """Per query, every code of the lists numbered `probe` scoring above a threshold that
-        a little more than `count` of them pass, as scores, list numbers and rows (in no order).
-        The threshold is the score of the sample's best `count x sample / sampled` codes and
-        MARGIN_SIGMAS times that count's square root more (a count of codes above a score
-        spreads about as much), so fewer than `count` rarely pass. None where the probed lists
-        are too few or too short, or the batch too large, for a threshold scan to pay."""
-        if self._samples is None or not len(probe) or len(projections) > THRESHOLD_SCAN_BATCH_MAX:
+                        segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """Per query, every code of the given segments (all their lists) scoring above a
+        threshold that a little more than `count` of them pass, as scores, segment numbers and
+        rows (in no order). The threshold is the score of the sample's best `count x sample /
+        sampled` codes and MARGIN_SIGMAS times that count's square root more (a count of codes
+        above a score spreads about as much), so fewer than `count` rarely pass. None where the
+        segments are too few or too small, or the batch too large, for a threshold scan to pay."""
+        if self._samples is None or not len(segments) or len(projections) > THRESHOLD_SCAN_BATCH_MAX:
             return None
-        sample_probe = self._sample_of[probe]
-        sampled_total = int(self.sizes[probe][sample_probe >= 0].sum())
-        sample_probe = sample_probe[sample_probe >= 0]
-        sample_total = int(self._samples.sizes[sample_probe].sum())
+        samples = self._sample_of[segments]
+        sampled_total = int(self.sizes[segments][samples >= 0].sum())
+        samples = samples[samples >= 0]
+        sample_total = int(self._samples.sizes[samples].sum())
         if sampled_total < THRESHOLD_SCAN_MIN * count:
             return None
         expected = count * sample_total / sampled_total  # of the wanted codes, how many the sample holds
         share = min(sample_total, int(np.ceil(expected + MARGIN_SIGMAS * np.sqrt(expected))) + 1)
-        thresholds = self._samples.best_scores(projections, share, sample_probe)[:, -1]
-        index = self._range_index(probe)
+        thresholds = self._samples._top_k(projections, share, self._samples.lists_of(samples))[0][:, -1]
+        index = self._range_index(segments)
         answers = []
         for projection, threshold in zip(np.ascontiguousarray(projections, np.float32), thresholds):
             _, scores, labels = index.range_search(projection[None], float(threshold))
-            answers.append((scores, *self._lists_and_rows(labels)))
+            answers.append((scores, *self._segments_and_rows(labels)))
         return answers
 
-    def _lists_and_rows(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The list number and row of each label (garbage where a label is -1)."""
-        lists = self._tag_order[np.searchsorted(self._sorted_tags, labels >> TAG_SHIFT).clip(0, len(self.lists) - 1)]
-        return lists, labels & ROW_MASK
+    def _segments_and_rows(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The segment number and row of each label (garbage where a label is -1)."""
+        segments = self._tag_order[np.searchsorted(self._sorted_tags, labels >> TAG_SHIFT).clip(0, len(self.lists) - 1)]
+        return segments, labels & ROW_MASK
 
-    def _range_index(self, probe: np.ndarray) -> faiss.IndexIVFPQFastScan:
-        """An index over just the lists numbered `probe` (a faiss range search visits every list
-        of its index), kept for the next query that probes them."""
-        if len(probe) == len(self.lists):
+    def _range_index(self, segments: np.ndarray) -> faiss.IndexIVFPQFastScan:
+        """An index over just the given segments' lists (a faiss range search visits every list
+        of its index), kept for the next query that searches them."""
+        if len(segments) == len(self.lists):
             return self._index
-        key = probe.tobytes()
+        key = segments.tobytes()
         index = self._range_indexes.get(key)
         if index is None:
             if len(self._range_indexes) >= RANGE_INDEXES_KEPT:
                 self._range_indexes.clear()  # an index a query still searches keeps its lists alive itself
-            index = self._range_indexes[key] = _stacked([self.lists[number] for number in probe])
+            index = self._range_indexes[key] = _stacked([self.lists[number] for number in segments])
         return index
 
 
@@ -214,13 +261,13 @@ def _stacked(lists: Sequence[CodeList]) -> faiss.IndexIVFPQFastScan:
     """One index over the given lists, every one probed by default. It holds (faiss's Python
     convention, `referenced_objects`) the stack and the lists its raw pointers lead to, so they
     live as long as any holder of the index: a query may still search one that was dropped."""
-    index = _lists_index(lists[0].bits, len(lists))
+    index = _lists_index(lists[0].bits, sum(code_list.lists for code_list in lists))
     pointers = faiss.InvertedListsPtrVector()
     for code_list in lists:
         pointers.push_back(code_list.invlists)
-    stack = faiss.VStackInvertedLists(len(lists), pointers.data())
+    stack = faiss.VStackInvertedLists(len(lists), pointers.data())  # numbers each one's lists after the last
     index.replace_invlists(stack, False)  # owned by the Python objects kept below
     index.ntotal = sum(code_list.size for code_list in lists)
-    index.nprobe = len(lists)
+    index.nprobe = index.nlist
     index.referenced_objects = [*getattr(index, "referenced_objects", []), stack, pointers, list(lists)]  # and its quantizer
     return index

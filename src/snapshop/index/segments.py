@@ -2,7 +2,8 @@
 
 A *base* segment is immutable and lives on disk: image ids (sorted), packed codes and
 float16 features as `.npy` files opened memory-mapped; its codes are also held in memory as
-a faiss list (packed when the segment is opened).
+faiss lists (packed when the segment is opened): one list, or when it is large, k-means lists
+(index/coarse.py) whose centroids and each row's list are two more `.npy` files.
 A *delta* segment holds the recent writes in memory. Both are values: a write makes a new
 delta, so a query that started on the old one finishes on it.
 
@@ -56,31 +57,42 @@ class Rows:
 
 @dataclass(frozen=True)
 class BaseSegment:
-    """An immutable segment: memory-mapped rows and their codes' list."""
+    """An immutable segment: memory-mapped rows, their codes' lists and, where it is split into
+    k-means lists, its centroids (lists x bits) and each row's list."""
 
     name: str
     rows: Rows
     codes: CodeList
+    centroids: np.ndarray | None = None
+    list_of: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @classmethod
-    def build(cls, folder: Path, name: str, rows: Rows) -> "BaseSegment":
-        """Write a new segment's files (fsynced) and open it."""
+    def build(cls, folder: Path, name: str, rows: Rows,
+              lists: tuple[np.ndarray, np.ndarray] | None = None) -> "BaseSegment":
+        """Write a new segment's files (fsynced) and open it; `lists`: its centroids and each row's list."""
         folder.mkdir(parents=True, exist_ok=True)
-        for part in ("ids", "codes", "features"):
-            _write_durably(folder / f"{name}.{part}.npy", lambda path, part=part: np.save(path, getattr(rows, part)))
+        parts = {"ids": rows.ids, "codes": rows.codes, "features": rows.features}
+        if lists is not None:
+            parts |= {"centroids": np.asarray(lists[0], np.float32), "lists": np.asarray(lists[1], np.int32)}
+        for part, values in parts.items():
+            _write_durably(folder / f"{name}.{part}.npy", lambda path, values=values: np.save(path, values))
         fsync_folder(folder)
         return cls.load(folder, name)
 
     @classmethod
     def load(cls, folder: Path, name: str) -> "BaseSegment":
         """Open a segment: rows memory-mapped (plain ndarray views of the maps: indexing a
-        np.memmap costs a Python wrapper per call), codes packed into a faiss list."""
+        np.memmap costs a Python wrapper per call), codes packed into faiss lists."""
         rows = Rows(*(np.asarray(np.load(folder / f"{name}.{part}.npy", mmap_mode="r"))
                       for part in ("ids", "codes", "features")))
-        return cls(name, rows, CodeList(rows.codes))
+        if not (folder / f"{name}.centroids.npy").exists():
+            return cls(name, rows, CodeList(rows.codes))
+        centroids = np.load(folder / f"{name}.centroids.npy")
+        list_of = np.asarray(np.load(folder / f"{name}.lists.npy", mmap_mode="r"))
+        return cls(name, rows, CodeList(rows.codes, list_of, centroids), centroids, list_of)
 
 
 @dataclass(frozen=True)

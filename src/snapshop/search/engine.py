@@ -620,9 +620,7 @@ class Engine:
             self.boxes_from_clicks = click_objectness is not None
         codec_id = hashlib.sha1(codec_info[0]).hexdigest()[:16] if codec_info else ""
         settings = self.settings
-        params = IndexParams(bits=self.manifest.bits, dim=self.manifest.dim, shards=settings.shards,
-                             replicas=settings.replicas, nprobe=settings.nprobe,
-                             compact_delta=settings.compact_delta, compact_tombstones=settings.compact_tombstones)
+        params = IndexParams.from_settings(settings, bits=self.manifest.bits, dim=self.manifest.dim)
         # queries on the old backend finish there
         self.index = open_backend(self.folder.path, self.store, params, codec_id, settings)
 

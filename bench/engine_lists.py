@@ -1,0 +1,113 @@
+"""The engine with k-means lists in its base segments at 1,000,000 images, against the engine scanning every code.
+
+    .venv/bin/python bench/engine_lists.py [--source bench/out/fm70k-vectors] [--total 1000000]   # ~12 min
+
+Both engines hold the same ten category partitions as base segments (one shard, as `snapshop`
+builds them by default): one scans every code of the partitions it searches, the other splits
+each base segment into k-means lists (`index/coarse.py`, the `list_size` setting) and scans the
+`lists_probed` lists nearest the query. Printed, measured in this one run, on one core: recall@10
+against exact float cosine over all the images (faiss IndexFlatIP) and ms per query, single
+queries and batches of 8, IndexFlatIP timed with the same batches just before and after each;
+the memory each engine's codes take; the time the lists take to build.
+
+Data: as `bench/index_scale.py` (run `bench/real_embeddings.py` first): the 70,000 real
+Fashion-MNIST embeddings plus SYNTHETIC ones drawn around them, queried by the 500 SIMULATED
+shopper photos; every shortlist re-ranked by float cosine on the float16 features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from index_scale import K, recall, scale_arguments, scaled_vectors
+from pruning import timed_flat
+from snapshop.index.coarse import ListPlan, planned_lists
+from snapshop.index.live import ShardReplica
+from snapshop.index.partition import PartitionState
+from snapshop.index.segments import BaseSegment, Rows
+from snapshop.settings import load_settings
+
+PROBES = (260, 390, 520, 650)
+SHORTLISTS = (2000, 3000)
+BATCHES = (1, 8)
+EVERY_CODE = 10**9  # lists_probed that scans every list
+
+
+def engine(folder: Path, partitions: np.ndarray, codes: np.ndarray, features16: np.ndarray,
+           plan: ListPlan | None) -> tuple[ShardReplica, float]:
+    """One shard over base segments of each partition (k-means lists by `plan`, else one list), and the seconds the lists took."""
+    classes, labels = np.unique(partitions, return_inverse=True)
+    states, listing = {}, 0.0
+    for number, name in enumerate(classes):
+        rows = np.flatnonzero(labels == number)
+        began = time.perf_counter()
+        lists = planned_lists(plan, codes[rows]) if plan else None
+        listing += time.perf_counter() - began
+        base = BaseSegment.build(folder, f"p{number}", Rows(rows.astype(np.int64), codes[rows], features16[rows]), lists)
+        states[str(name)] = replace(PartitionState.empty(str(name), 0, bits=codes.shape[1] * 8, dim=features16.shape[1]),
+                                    base=base)
+    return ShardReplica(0, states), listing
+
+
+def main() -> None:
+    args = scale_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), Path("bench/out/engine_lists.json"))
+    _, features, codes, partitions, query_features, rotation = scaled_vectors(args)
+    features16 = features.astype(np.float16)
+    query_projections = rotation.query(query_features).astype(np.float32)
+    settings = load_settings()
+    plan = ListPlan(settings.list_size, settings.lists_from)
+    report: dict = {"data": f"70,000 real Fashion-MNIST embeddings + SYNTHETIC ones ({args.generator}) to "
+                            f"{len(features):,}; queries: SIMULATED shopper photos; one core",
+                    "list_size": plan.list_size, "rows": []}
+    flat = faiss.IndexFlatIP(features.shape[1])
+    flat.add(features)
+    exact = flat.search(query_features, K)[1]  # both cores: the ground truth is not what is timed
+    every = len(query_features)
+
+    with tempfile.TemporaryDirectory() as folder, threadpool_limits(1):
+        faiss.omp_set_num_threads(1)
+        whole, _ = engine(Path(folder) / "whole", partitions, codes, features16, None)
+        split, listing_s = engine(Path(folder) / "split", partitions, codes, features16, plan)
+        report["lists"] = int(sum(state.base.codes.lists for state in split.states.values()))
+        report["lists_build_s"] = round(listing_s, 1)
+        report["codes_mb"] = {name: round(sum(state.base.codes.nbytes for state in replica.states.values()) / 2**20, 1)
+                              for name, replica in (("every code", whole), ("k-means lists", split))}
+        print(json.dumps({key: report[key] for key in ("lists", "lists_build_s", "codes_mb")}), flush=True)
+        for batch in BATCHES:
+            starts = [s % (every - batch + 1) for s in range(0, 400, batch)]
+            for name, replica, probes in (("every code", whole, (EVERY_CODE,)), ("k-means lists", split, PROBES)):
+                for nprobe in probes:
+                    for shortlist in SHORTLISTS:
+                        found = np.concatenate([
+                            replica.search(query_projections[s : s + batch], query_features[s : s + batch], shortlist, None,
+                                           nprobe).image_ids[:, :K]
+                            for s in range(0, every - every % batch, batch)])
+                        flat_before = timed_flat(flat, query_features, batch, max(4, 60 // batch))
+                        began = time.perf_counter()
+                        for s in starts:
+                            replica.search(query_projections[s : s + batch], query_features[s : s + batch], shortlist, None, nprobe)
+                        ms = (time.perf_counter() - began) * 1000 / (len(starts) * batch)
+                        flat_ms = (flat_before + timed_flat(flat, query_features, batch, max(4, 60 // batch))) / 2
+                        report["rows"].append({
+                            "engine": name, "lists_probed": "all" if nprobe == EVERY_CODE else nprobe, "batch": batch,
+                            "shortlist": shortlist, "recall@10": round(recall(found, exact[: len(found)]), 4),
+                            "ms_per_query": round(ms, 2), "flat_ms_per_query_same_batch": round(flat_ms, 2),
+                            "speedup": round(flat_ms / ms, 1)})
+                        print(json.dumps(report["rows"][-1]), flush=True)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
