@@ -49,6 +49,15 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _lists(segment: dict) -> str:
+    """The text ' (P of N lists)' where a partition's base is split into k-means lists (P: the
+    lists a query probed, in an explanation); nothing otherwise."""
+    if segment.get("base") != "k-means lists":
+        return ""
+    probed = f"{segment['lists_probed']:g} of " if "lists_probed" in segment else ""
+    return f" ({probed}{segment['lists']} lists)"
+
+
 @app.command()
 def add(
     catalog: Path = typer.Argument(..., help="A .jsonl or .csv manifest, or a folder of images."),
@@ -153,8 +162,8 @@ def stats(index: Optional[Path] = IndexOption, backend: Optional[str] = BackendO
         typer.echo(f"partition  {name or '(no category)'}: {count} images")
     for segment in info["segments"]:
         typer.echo(f"segment    {segment['partition'] or '(no category)'} / shard {segment['shard']}: "
-                   f"base {segment['base'] or '-'} {segment['base_images']}, delta {segment['delta_images']}, "
-                   f"tombstones {segment['tombstones']}")
+                   f"base {segment['base'] or '-'} {segment['base_images']}{_lists(segment)}, "
+                   f"delta {segment['delta_images']}, tombstones {segment['tombstones']}")
 
 
 @app.command()
@@ -415,7 +424,7 @@ def _human(result: SearchResult) -> str:
         lines.append(f"  {rank:2d}. {hit.item_id:<20} {hit.score:.3f}  {hit.category or ''}  {title}{sellers}")
     for part in result.explain or []:
         lines.append(f"  searched {part['partition'] or '(no category)'} / shard {part['shard']}: base {part['base'] or '-'} "
-                     f"{part['base_images']}, delta {part['delta_images']}, tombstones {part['tombstones']}, "
+                     f"{part['base_images']}{_lists(part)}, delta {part['delta_images']}, tombstones {part['tombstones']}, "
                      f"{part['candidates']} candidates, {part['ms']} ms"
                      + (f", re-rank {part['rerank_ms']} ms" if "rerank_ms" in part else ""))
     return "\n".join(lines)

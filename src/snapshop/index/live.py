@@ -77,7 +77,7 @@ class IndexParams:
     shards: int = 1
     replicas: int = 1
     nprobe: int = 16  # inverted lists a Milvus search visits
-    lists_probed: int = 400  # k-means lists a search scans per shard (every delta and small base whole)
+    lists_probed: int = 650  # k-means lists a search scans per shard (every delta and small base whole)
     list_size: int = 512  # codes per k-means list of a large base segment ...
     lists_from: int = 65_536  # ... of this many images or more
 
@@ -639,12 +639,13 @@ class LiveIndex:
 
 
 def segment_summary(state: PartitionState, shard: int) -> dict:
-    """What a partition of a shard holds: base kind ("codes": one list) and size, its lists, delta, tombstones."""
-    lists = state.base.codes.lists if state.base else 0
+    """What a partition of a shard holds: base kind ("codes": one list) and size, delta,
+    tombstones, and the lists a scan of them all would visit (the base's and the delta's)."""
+    base_lists = state.base.codes.lists if state.base else 0
     return {"partition": state.partition, "shard": shard,
-            "base": ("k-means lists" if lists > 1 else "codes") if state.base else None,
-            "base_images": len(state.base) if state.base else 0, "lists": lists,
-            "delta_images": len(state.delta), "tombstones": len(state.tombstones)}
+            "base": ("k-means lists" if base_lists > 1 else "codes") if state.base else None,
+            "base_images": len(state.base) if state.base else 0, "delta_images": len(state.delta),
+            "tombstones": len(state.tombstones), "lists": base_lists + (1 if len(state.delta) else 0)}
 
 
 @contextmanager
