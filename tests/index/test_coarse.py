@@ -65,3 +65,4 @@ def test_a_compaction_trains_new_centroids_when_the_data_drifted_or_outgrew_them
     grown = planned_lists(PLAN, np.concatenate([old, more]), np.concatenate([np.arange(1_000), np.full(1_500, -1)]),
                           (centroids, list_of))
     assert grown[0] is not centroids and len(grown[0]) == 50
+

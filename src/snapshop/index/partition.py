@@ -64,7 +64,8 @@ class PartitionState:
         """Every searchable row (base minus tombstones, plus delta), sorted by id."""
         if self.base is None:
             return self.delta.rows
-        return self.base.rows.take(~self._dead).concat(self.delta.rows)
+        base = self.base.rows.take(~self._dead) if len(self.tombstones) else self.base.rows
+        return base.concat(self.delta.rows)
 
     def apply(self, added: Rows, removed: np.ndarray) -> "PartitionState":
         """A new state with rows added and ids removed (base ids become tombstones)."""

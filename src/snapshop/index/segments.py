@@ -41,11 +41,21 @@ class Rows:
         return Rows(self.ids[keep], self.codes[keep], self.features[keep])
 
     def concat(self, other: "Rows") -> "Rows":
-        """Both sets of rows, sorted by id."""
-        ids = np.concatenate([self.ids, other.ids])
-        order = np.argsort(ids, kind="stable")
-        return Rows(ids[order], np.concatenate([self.codes, other.codes])[order],
-                    np.concatenate([self.features, np.asarray(other.features, np.float16)])[order])
+        """Both sets of rows, sorted by id: each row copied once, straight into its place (a
+        compaction at 1M images copies 50 MB of features; each new page is a page fault, which
+        holds the process's memory map against the queries' own faults)."""
+        if not len(other):
+            return self
+        if len(other) > 1 and (np.diff(other.ids) < 0).any():
+            other = other.take(np.argsort(other.ids, kind="stable"))
+        at_self = np.arange(len(self)) + np.searchsorted(other.ids, self.ids)
+        at_other = np.arange(len(other)) + np.searchsorted(self.ids, other.ids, side="right")
+        merged = []
+        for mine, theirs in zip((self.ids, self.codes, self.features), (other.ids, other.codes, other.features)):
+            into = np.empty((len(self) + len(other), *mine.shape[1:]), mine.dtype)
+            into[at_self], into[at_other] = mine, theirs
+            merged.append(into)
+        return Rows(*merged)
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id, -1 where absent."""
