@@ -401,6 +401,9 @@ def test_a_query_scans_only_the_lists_nearest_it_and_never_a_removed_image(synth
     live = np.setdiff1d(np.arange(600), np.arange(0, 600, 7))
     assert (found.image_ids[live, 0] == ids[live]).mean() >= 0.9  # its own list is near it: 0.98 in real runs
     assert (s.index.search(project(more_features), more_features, shortlist=5).image_ids[:, 0] == more).all()
+    in_a = s.index.search(project(features[:20]), features[:20], shortlist=20, partitions=["a"])
+    assert set(in_a.partitions[in_a.image_ids >= 0]) == {"a"}
+    assert [part["lists_probed"] for part in in_a.explain] == [pytest.approx(4 + 1)]  # 4 of its 6 lists, and its delta
 
 
 def test_queries_during_compaction_see_the_old_or_the_new_state_never_a_mix(synthetic):

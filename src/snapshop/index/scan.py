@@ -153,10 +153,12 @@ class CodeScan:
         if self.lists:
             self._index = _stacked(self.lists)
         self.split = np.array([code_list.centroids is not None for code_list in self.lists], bool)
-        self._centroids = (np.concatenate([self.lists[number].centroids for number in np.flatnonzero(self.split)])
-                           if self.split.any() else np.zeros((0, 0), np.float32))
+        self._list_of_centroid = self.lists_of(np.flatnonzero(self.split))
         self._centroid_of = np.full(len(self.list_sizes), -1, np.int64)  # a split segment's list -> its centroid
-        self._centroid_of[self.lists_of(np.flatnonzero(self.split))] = np.arange(len(self._centroids))
+        self._centroid_of[self._list_of_centroid] = np.arange(len(self._list_of_centroid))
+        if self.split.any():  # faiss scores them on the caller's one thread (numpy's BLAS woke a second, which
+            self._centroids = faiss.IndexFlatIP(self.lists[0].bits)  # stalled queries 30-40 ms during compactions)
+            self._centroids.add(np.concatenate([self.lists[number].centroids for number in np.flatnonzero(self.split)]))
         sampled = [number for number, code_list in enumerate(self.lists) if code_list.sample is not None]
         self._samples = CodeScan([self.lists[number].sample for number in sampled]) if sampled else None
         self._sample_of = np.full(len(self.lists), -1, np.int64)
@@ -176,8 +178,9 @@ class CodeScan:
         whole, split = self.lists_of(segments[~self.split[segments]]), self.lists_of(segments[self.split[segments]])
         if len(split) <= nprobe:
             return np.concatenate([whole, split])
-        scores = (projections @ self._centroids.T)[:, self._centroid_of[split]]  # every centroid: no copy of them
-        nearest = split[np.argpartition(-scores, nprobe - 1, axis=1)[:, :nprobe]]
+        among = (None if len(split) == len(self._list_of_centroid)
+                 else faiss.SearchParameters(sel=faiss.IDSelectorBatch(self._centroid_of[split])))
+        nearest = self._list_of_centroid[self._centroids.search(projections, nprobe, params=among)[1]]
         return np.concatenate([np.broadcast_to(whole, (len(projections), len(whole))), nearest], axis=1)
 
     def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
