@@ -41,7 +41,7 @@ REVERSED_BITS = np.array([int(f"{byte:08b}"[::-1], 2) for byte in range(256)], n
 TAG_SHIFT = 32
 ROW_MASK = (1 << TAG_SHIFT) - 1
 _tags = itertools.count(1)  # process-wide: two lists stacked together never share a tag
-SAMPLE_STRIDE = 32  # a long list's sample holds one code in 32 ...
+SAMPLE_STRIDE = 32  # a large segment's sample holds one code in 32 ...
 SAMPLED_LIST_MIN = 4_096  # ... of segments this large or larger
 THRESHOLD_SCAN_MIN = 64  # a threshold scan pays when the sampled codes outnumber the wanted ones 64 times
 THRESHOLD_SCAN_BATCH_MAX = 2  # larger batches are cheaper by top-k: faiss shares each pass over the codes among them
@@ -136,9 +136,9 @@ class CodeScan:
     """The lists of many segments stacked (faiss VStackInvertedLists, no copy) under one index.
 
     The stack numbers the lists of segment i from `first[i]` on. `probe` names the lists a
-    search scans: every list of a segment in one list, and of the segments split into k-means
-    lists, the `nprobe` (over them all) whose centroids score best with the query. A search
-    answers with segment numbers and rows."""
+    search scans: the one list of each segment kept whole, and of the segments split into
+    k-means lists, the `nprobe` (over them all) whose centroids score best with the query. A
+    search answers with segment numbers and rows."""
 
     def __init__(self, lists: Sequence[CodeList]) -> None:
         self.lists = list(lists)
@@ -156,8 +156,10 @@ class CodeScan:
         self._list_of_centroid = self.lists_of(np.flatnonzero(self.split))
         self._centroid_of = np.full(len(self.list_sizes), -1, np.int64)  # a split segment's list -> its centroid
         self._centroid_of[self._list_of_centroid] = np.arange(len(self._list_of_centroid))
-        if self.split.any():  # faiss scores them on the caller's one thread (numpy's BLAS woke a second, which
-            self._centroids = faiss.IndexFlatIP(self.lists[0].bits)  # stalled queries 30-40 ms during compactions)
+        # faiss scores the centroids on the caller's one thread (numpy's BLAS woke a second thread
+        # on every query, and with a compaction beside it on two cores, queries stalled 30-40 ms)
+        if self.split.any():
+            self._centroids = faiss.IndexFlatIP(self.lists[0].bits)
             self._centroids.add(np.concatenate([self.lists[number].centroids for number in np.flatnonzero(self.split)]))
         sampled = [number for number, code_list in enumerate(self.lists) if code_list.sample is not None]
         self._samples = CodeScan([self.lists[number].sample for number in sampled]) if sampled else None
@@ -192,6 +194,10 @@ class CodeScan:
         return (np.where(found, scores, -np.inf).astype(np.float32), np.where(found, segments, -1),
                 np.where(found, rows, -1))
 
+    def best_scores(self, projections: np.ndarray, count: int, probe: np.ndarray) -> np.ndarray:
+        """The scores alone of `search` (pads: faiss's own)."""
+        return self._top_k(projections, count, probe)[0]
+
     def probed_codes(self, probe: np.ndarray) -> np.ndarray:
         """Codes in the probed lists, per row of `probe`."""
         probe = np.atleast_2d(probe)
@@ -199,7 +205,7 @@ class CodeScan:
         return sizes[probe].sum(axis=1)
 
     def _top_k(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's top-k scan of the probed lists: scores and labels, best first (pads: faiss's own)."""
+        """faiss's top-k scan of the probed lists: scores and labels, best first."""
         queries = len(projections)
         count = min(count, int(self.probed_codes(probe).max(initial=0)))
         if count <= 0:
@@ -233,7 +239,7 @@ class CodeScan:
             return None
         expected = count * sample_total / sampled_total  # of the wanted codes, how many the sample holds
         share = min(sample_total, int(np.ceil(expected + MARGIN_SIGMAS * np.sqrt(expected))) + 1)
-        thresholds = self._samples._top_k(projections, share, self._samples.lists_of(samples))[0][:, -1]
+        thresholds = self._samples.best_scores(projections, share, self._samples.lists_of(samples))[:, -1]
         index = self._range_index(segments)
         answers = []
         for projection, threshold in zip(np.ascontiguousarray(projections, np.float32), thresholds):
