@@ -53,6 +53,27 @@ class WriterRun:
         self._reader.join()
         assert self.process.returncode == 0, f"the writer failed:\n{self.errors.read_text()[-3000:]}"
 
+    def stop(self, kill: bool) -> bool:
+        """SIGKILL the writer if `kill` and it still runs (True), else let it finish (False)."""
+        if kill and self.process.poll() is None:
+            self.kill()
+            return True
+        self.finish()
+        return False
+
+    def outcome(self, present: set[str], absent: set[str], next_batch: int) -> tuple[set[str], set[str], set[str], int]:
+        """What the writer's lines tell: `present` and `absent` after its acknowledged writes, the
+        ids of the batch it was cut short in (maybe committed, maybe not) and the batch to go on from."""
+        for word, data in self.lines:
+            if word == "ack":
+                present = (present | set(data["present"])) - set(data["absent"])
+                absent = (absent | set(data["absent"])) - set(data["present"])
+                next_batch = data["batch"] + 1
+        in_flight = set(self.lines[-1][1]["ids"]) if self.lines and self.lines[-1][0] == "begin" else set()
+        if in_flight:
+            next_batch = self.lines[-1][1]["batch"] + 1
+        return present, absent, in_flight, next_batch
+
 
 def check_consistent(index: Path, settings, present: set[str], absent: set[str]) -> None:
     engine = Engine.open(index, settings)
@@ -82,20 +103,8 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(fresh_index, catalog,
         while not run.started() and run.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.05, 3.0))
-        if run.process.poll() is None and kills < 12:
-            run.kill()
-            kills += 1
-        else:
-            run.finish()
-        in_flight: set[str] = set()
-        for word, data in run.lines:
-            if word == "begin":
-                in_flight = set(data["ids"])
-            else:
-                present = (present | set(data["present"])) - set(data["absent"])
-                absent = (absent | set(data["absent"])) - set(data["present"])
-                in_flight = set()
-                next_batch = data["batch"] + 1
+        kills += run.stop(kill=kills < 12)
+        present, absent, in_flight, next_batch = run.outcome(present, absent, next_batch)
         check_consistent(fresh_index, settings, present - in_flight, absent - in_flight)
         # The batch cut short may or may not have committed: learn which, then go on from there.
         engine = Engine.open(fresh_index, settings)
@@ -103,8 +112,6 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(fresh_index, catalog,
             (present if engine.item(item_id) else absent).add(item_id)
             (absent if engine.item(item_id) else present).discard(item_id)
         engine.close()
-        if run.lines and run.lines[-1][0] == "begin":
-            next_batch = run.lines[-1][1]["batch"] + 1
     assert kills >= 5
     assert os.listdir(fresh_index / "segments")  # compactions ran (and some were interrupted)
 
@@ -124,27 +131,16 @@ def test_sigkill_during_compactions_into_k_means_lists_loses_nothing(tmp_path):
     while next_batch < batches:
         run = WriterRun(folder, None, next_batch, batches)
         time.sleep(rng.uniform(0.5, 2.5))
-        if run.process.poll() is None and kills < 8:
-            run.kill()
-            kills += 1
-        else:
-            run.finish()
-        for word, data in run.lines:
-            if word == "ack":
-                present = (present | set(data["present"])) - set(data["absent"])
-                absent = (absent | set(data["absent"])) - set(data["present"])
-                next_batch = data["batch"] + 1
+        kills += run.stop(kill=kills < 8)
+        present, absent, in_flight, next_batch = run.outcome(present, absent, next_batch)
         store = MetadataStore(folder / "meta.sqlite")
         index = LiveIndex(folder, store, PARAMS, codec="test")
         try:
             stored = store.vectors()
             assert list(index.image_ids()) == sorted(stored.image_ids)  # the index is the store's
             items = set(stored.item_ids)
-            assert present <= items and not absent & items
-            if run.lines and run.lines[-1][0] == "begin":  # cut short: learn whether it committed
-                in_flight = set(run.lines[-1][1]["ids"])
-                present, absent = present | (in_flight & items), absent | (in_flight - items)
-                next_batch = run.lines[-1][1]["batch"] + 1
+            assert present - in_flight <= items and not (absent - in_flight) & items
+            present, absent = present - in_flight | (in_flight & items), absent - in_flight | (in_flight - items)
             kept = [row for row, item in enumerate(stored.item_ids) if item.endswith("_1")]
             if kept:
                 features = stored.features[kept].astype(np.float32)
