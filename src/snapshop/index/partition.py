@@ -1,7 +1,8 @@
 """One category partition of one shard: base segment + delta segment + tombstones.
 
 Its shard searches the codes of every partition in one scan (`code_lists` names them, with
-their rows and which are tombstoned: those are filtered at search time), then reads the ids and float16 features of the candidates it keeps from those rows.
+their rows and which are tombstoned: those are filtered at search time), then reads the ids
+and float16 features of the candidates it keeps from those rows.
 """
 
 from __future__ import annotations
