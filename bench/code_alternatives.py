@@ -24,7 +24,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,12 +31,9 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from index_scale import K, recall, scale_arguments, scaled_vectors
-from snapshop.index.live import ShardReplica
-from snapshop.index.partition import PartitionState
+from index_scale import EVERY_LIST, K, one_shard, recall, scale_arguments, scaled_vectors
 from snapshop.index.rerank import cosines
 from snapshop.index.scan import CORNERS, code_signs, sign_code_index
-from snapshop.index.segments import BaseSegment, Rows
 
 TRAIN_SAMPLE = 100_000
 
@@ -94,16 +90,11 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
         with tempfile.TemporaryDirectory() as folder:
-            states = {}
-            for number, part in enumerate(np.unique(partitions)):
-                mine = np.flatnonzero(partitions == part)
-                base = BaseSegment.build(Path(folder), f"p{number}", Rows(mine.astype(np.int64), codes[mine], features16[mine]))
-                states[str(part)] = replace(PartitionState.empty(str(part), 0, bits=256, dim=features.shape[1]), base=base)
-            engine = ShardReplica(0, states)
+            engine, _ = one_shard(Path(folder), partitions, codes, features16)
             for shortlist in (800, 1600, 3200):
-                measure(f"ours: engine, {len(states)} partitions", f"shortlist {shortlist}", lambda q: engine.search(
-                    query_projections[q : q + 1], query_features[q : q + 1], shortlist, None).image_ids[0, :K])
-            del engine, states
+                measure(f"ours: engine, {len(engine.states)} partitions", f"shortlist {shortlist}", lambda q: engine.search(
+                    query_projections[q : q + 1], query_features[q : q + 1], shortlist, None, EVERY_LIST).image_ids[0, :K])
+            del engine
 
         one = sign_code_index(codes)
         for shortlist in (800, 1600, 3200):

@@ -21,41 +21,20 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from index_scale import K, recall, scale_arguments, scaled_vectors
+from index_scale import EVERY_LIST, K, one_shard, recall, scale_arguments, scaled_vectors
 from pruning import timed_flat
-from snapshop.index.coarse import ListPlan, planned_lists
-from snapshop.index.live import ShardReplica
-from snapshop.index.partition import PartitionState
-from snapshop.index.segments import BaseSegment, Rows
+from snapshop.index.coarse import ListPlan
 from snapshop.settings import load_settings
 
 PROBES = (260, 390, 520, 650)
 SHORTLISTS = (2000, 3000)
 BATCHES = (1, 8)
-EVERY_CODE = 10**9  # lists_probed that scans every list
-
-
-def engine(folder: Path, partitions: np.ndarray, codes: np.ndarray, features16: np.ndarray,
-           plan: ListPlan | None) -> tuple[ShardReplica, float]:
-    """One shard over base segments of each partition (k-means lists by `plan`, else one list), and the seconds the lists took."""
-    classes, labels = np.unique(partitions, return_inverse=True)
-    states, listing = {}, 0.0
-    for number, name in enumerate(classes):
-        rows = np.flatnonzero(labels == number)
-        began = time.perf_counter()
-        lists = planned_lists(plan, codes[rows]) if plan else None
-        listing += time.perf_counter() - began
-        base = BaseSegment.build(folder, f"p{number}", Rows(rows.astype(np.int64), codes[rows], features16[rows]), lists)
-        states[str(name)] = replace(PartitionState.empty(str(name), 0, bits=codes.shape[1] * 8, dim=features16.shape[1]),
-                                    base=base)
-    return ShardReplica(0, states), listing
 
 
 def main() -> None:
@@ -75,8 +54,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder, threadpool_limits(1):
         faiss.omp_set_num_threads(1)
-        whole, _ = engine(Path(folder) / "whole", partitions, codes, features16, None)
-        split, listing_s = engine(Path(folder) / "split", partitions, codes, features16, plan)
+        whole, _ = one_shard(Path(folder) / "whole", partitions, codes, features16)
+        split, listing_s = one_shard(Path(folder) / "split", partitions, codes, features16, plan)
         report["lists"] = int(sum(state.base.codes.lists for state in split.states.values()))
         report["lists_build_s"] = round(listing_s, 1)
         report["codes_mb"] = {name: round(sum(state.base.codes.nbytes for state in replica.states.values()) / 2**20, 1)
@@ -84,7 +63,7 @@ def main() -> None:
         print(json.dumps({key: report[key] for key in ("lists", "lists_build_s", "codes_mb")}), flush=True)
         for batch in BATCHES:
             starts = [s % (every - batch + 1) for s in range(0, 400, batch)]
-            for name, replica, probes in (("every code", whole, (EVERY_CODE,)), ("k-means lists", split, PROBES)):
+            for name, replica, probes in (("every code", whole, (EVERY_LIST,)), ("k-means lists", split, PROBES)):
                 for nprobe in probes:
                     for shortlist in SHORTLISTS:
                         found = np.concatenate([
@@ -98,7 +77,7 @@ def main() -> None:
                         ms = (time.perf_counter() - began) * 1000 / (len(starts) * batch)
                         flat_ms = (flat_before + timed_flat(flat, query_features, batch, max(4, 60 // batch))) / 2
                         report["rows"].append({
-                            "engine": name, "lists_probed": "all" if nprobe == EVERY_CODE else nprobe, "batch": batch,
+                            "engine": name, "lists_probed": "all" if nprobe == EVERY_LIST else nprobe, "batch": batch,
                             "shortlist": shortlist, "recall@10": round(recall(found, exact[: len(found)]), 4),
                             "ms_per_query": round(ms, 2), "flat_ms_per_query_same_batch": round(flat_ms, 2),
                             "speedup": round(flat_ms / ms, 1)})

@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -47,7 +48,10 @@ from tqdm import tqdm
 
 from real_embeddings import STAND_IN_PREFIX
 from real_embeddings import load as load_vectors
-from snapshop.index.live import IndexParams, LiveIndex
+from snapshop.index.coarse import ListPlan, planned_lists
+from snapshop.index.live import IndexParams, LiveIndex, ShardReplica
+from snapshop.index.partition import PartitionState
+from snapshop.index.segments import BaseSegment, Rows
 from snapshop.index.store import MetadataStore, NewImage, NewItem
 from snapshop.models.encoder import Codec
 from snapshop.models.pooling import l2_normalize
@@ -170,6 +174,26 @@ def scaled_vectors(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], np.
                                                 calibrated_noise(draws), rotation)
     return (catalog, np.concatenate([real, drawn]), np.concatenate([catalog["codes"], drawn_codes]),
             np.concatenate([catalog["categories"], drawn_parts]), query_features, rotation)
+
+
+EVERY_LIST = 2**31 - 1  # a lists_probed that scans every list
+
+
+def one_shard(folder: Path, partitions: np.ndarray, codes: np.ndarray, features16: np.ndarray,
+              plan: ListPlan | None = None) -> tuple[ShardReplica, float]:
+    """One shard over a base segment per partition, written to `folder` as a compaction writes
+    them (split into k-means lists by `plan`, else one list each), and the seconds the lists took."""
+    classes, labels = np.unique(partitions, return_inverse=True)
+    states, listing = {}, 0.0
+    for number, name in enumerate(classes):
+        rows = np.flatnonzero(labels == number)
+        began = time.perf_counter()
+        lists = planned_lists(plan, codes[rows]) if plan else None
+        listing += time.perf_counter() - began
+        base = BaseSegment.build(folder, f"p{number}", Rows(rows.astype(np.int64), codes[rows], features16[rows]), lists)
+        states[str(name)] = replace(PartitionState.empty(str(name), 0, bits=codes.shape[1] * 8, dim=features16.shape[1]),
+                                    base=base)
+    return ShardReplica(0, states), listing
 
 
 def calibrated_noise(draws: Draws, sample: int = 2000) -> float:

@@ -25,7 +25,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,12 +33,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from code_alternatives import corner_index
-from index_scale import K, recall, scale_arguments, scaled_vectors
-from snapshop.index.live import ShardReplica
-from snapshop.index.partition import PartitionState
+from index_scale import EVERY_LIST, K, one_shard, recall, scale_arguments, scaled_vectors
 from snapshop.index.rerank import cosines
 from snapshop.index.scan import code_signs, sign_code_index
-from snapshop.index.segments import BaseSegment, Rows
 from snapshop.models.category import knn_vote
 
 SAMPLE_STRIDE = 32  # the vote over a sample reads one code in 32, as the engine's threshold scan samples
@@ -192,28 +188,24 @@ def main() -> None:
 
         # --- every code, batched queries --------------------------------------------------------------
         with tempfile.TemporaryDirectory() as folder:
-            states = {}
-            for number, rows in enumerate(members):
-                base = BaseSegment.build(Path(folder), f"p{number}", Rows(rows.astype(np.int64), codes[rows], features16[rows]))
-                states[str(classes[number])] = replace(PartitionState.empty(str(classes[number]), 0, bits=codes.shape[1] * 8,
-                                                                            dim=features.shape[1]), base=base)
-            engine = ShardReplica(0, states)
+            engine, _ = one_shard(Path(folder), partitions, codes, features16)
             for batch in BATCHES:
                 flat_ms = timed_flat(flat, query_features, batch, max(4, 100 // batch))
                 for shortlist in SHORTLISTS:
                     found = np.concatenate([engine.search(query_projections[s : s + batch], query_features[s : s + batch],
-                                                          shortlist, None).image_ids[:, :K]
+                                                          shortlist, None, EVERY_LIST).image_ids[:, :K]
                                             for s in range(0, every - every % batch, batch)])
                     starts = [s % (every - batch + 1) for s in range(0, 480, batch)]
                     start = time.perf_counter()
                     for s in starts:
-                        engine.search(query_projections[s : s + batch], query_features[s : s + batch], shortlist, None)
+                        engine.search(query_projections[s : s + batch], query_features[s : s + batch], shortlist, None,
+                                      EVERY_LIST)
                     ms = (time.perf_counter() - start) * 1000 / (len(starts) * batch)
                     measure.rows.append({"index": "ours, the engine, every code", "setting": f"batch {batch}, shortlist {shortlist}",
                                          "recall@10": round(recall(found, exact[: len(found)]), 4), "ms_per_query": round(ms, 2),
                                          "flat_ms_per_query_same_batch": round(flat_ms, 2), "speedup": round(flat_ms / ms, 1)})
                     print(json.dumps(measure.rows[-1]), flush=True)
-            del engine, states
+            del engine
 
     report["rows"] = measure.rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
