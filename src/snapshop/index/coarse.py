@@ -67,29 +67,27 @@ def planned_lists(plan: ListPlan, codes: np.ndarray, kept: np.ndarray | None = N
     lists = plan.lists_for(len(codes))
     if lists == 1:
         return None
-    if previous is not None and kept is not None and _still_fits(plan, codes, kept, *previous):
+    if previous is not None and kept is not None and lists / 2 <= len(previous[0]) <= lists * 2:
         centroids, old_lists = previous
-        list_of = np.where(kept >= 0, old_lists[np.maximum(kept, 0)], -1)
-        new = np.flatnonzero(kept < 0)
-        if len(new):
-            list_of[new] = nearest_lists(codes[new], centroids)[0]
-        return centroids, list_of
+        old, new = np.flatnonzero(kept >= 0), np.flatnonzero(kept < 0)
+        new_lists, new_cosines = nearest_lists(codes[new], centroids)
+        if _fit_as_well(codes[_sample(old, FIT_SAMPLE)], new_cosines, centroids):
+            list_of = np.where(kept >= 0, old_lists[np.maximum(kept, 0)], -1)
+            list_of[new] = new_lists
+            return centroids, list_of
     centroids = trained_centroids(codes, lists)
     return centroids, nearest_lists(codes, centroids)[0]
 
 
-def _still_fits(plan: ListPlan, codes: np.ndarray, kept: np.ndarray, centroids: np.ndarray, old_lists: np.ndarray) -> bool:
-    wanted = plan.lists_for(len(codes))
-    if not wanted / 2 <= len(centroids) <= wanted * 2:
-        return False
-    old, new = np.flatnonzero(kept >= 0), np.flatnonzero(kept < 0)
-    if not len(new):
+def _fit_as_well(old_codes: np.ndarray, new_cosines: np.ndarray, centroids: np.ndarray) -> bool:
+    """Whether new codes (their cosines to their nearest centroid) lie as close to the centroids
+    as a sample of the old ones, less DRIFT_TOLERANCE."""
+    if not len(new_cosines):
         return True
-    if not len(old):
+    if not len(old_codes):
         return False
-    old_fit = nearest_lists(codes[_sample(old, FIT_SAMPLE)], centroids)[1].mean()
-    new_fit = nearest_lists(codes[_sample(new, FIT_SAMPLE)], centroids)[1].mean()
-    return bool(new_fit >= old_fit - DRIFT_TOLERANCE)
+    new_fit = new_cosines[_sample(np.arange(len(new_cosines)), FIT_SAMPLE)].mean()
+    return bool(new_fit >= nearest_lists(old_codes, centroids)[1].mean() - DRIFT_TOLERANCE)
 
 
 def _sample(rows: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
