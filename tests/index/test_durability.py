@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from snapshop.index.live import LiveIndex
+from snapshop.index.store import MetadataStore
 from snapshop.search.engine import Engine
+from split_writer import PARAMS, PLANES
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 SPLIT_WRITER = Path(__file__).with_name("split_writer.py")
@@ -120,10 +123,6 @@ def test_sigkill_during_compactions_into_k_means_lists_loses_nothing(tmp_path):
     """The index's own writer (store + live index, no engine), compacting after every batch into
     bases split into k-means lists, killed at random: each reopened index holds every
     acknowledged image, no removed one, and finds each kept image first by its own vector."""
-    from snapshop.index.live import LiveIndex
-    from snapshop.index.store import MetadataStore
-    from split_writer import PARAMS, PLANES
-
     folder, batches = tmp_path / "index", 24
     folder.mkdir()
     rng = random.Random(3)

@@ -80,14 +80,14 @@ class IndexParams:
     lists_probed: int = 650  # k-means lists a search scans per shard (every delta and small base whole)
     list_size: int = 512  # codes per k-means list of a large base segment ...
     lists_from: int = 65_536  # ... of this many images or more
+    compact_delta: int = 10_000
+    compact_tombstones: int = 10_000
 
     @classmethod
     def from_settings(cls, settings: Settings, *, bits: int, dim: int) -> "IndexParams":
         """The parameters the settings (snapshop.settings) give, for codes of `bits` and features of `dim`."""
         return cls(bits=bits, dim=dim, **{name: getattr(settings, name) for name in cls.__dataclass_fields__
                                           if name not in ("bits", "dim")})
-    compact_delta: int = 10_000
-    compact_tombstones: int = 10_000
 
 
 def checked_queries(params: IndexParams, projections: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
