@@ -399,7 +399,7 @@ def test_a_query_scans_only_the_lists_nearest_it_and_never_a_removed_image(synth
     removed = ids[::7]
     assert not np.isin(found.image_ids, removed).any()
     live = np.setdiff1d(np.arange(600), np.arange(0, 600, 7))
-    assert (found.image_ids[live, 0] == ids[live]).mean() >= 0.9  # its own list is near it: 0.98 in real runs
+    assert (found.image_ids[live, 0] == ids[live]).mean() >= 0.9  # its own list is near it: 0.928 on this data
     assert (s.index.search(project(more_features), more_features, shortlist=5).image_ids[:, 0] == more).all()
     in_a = s.index.search(project(features[:20]), features[:20], shortlist=20, partitions=["a"])
     assert set(in_a.partitions[in_a.image_ids >= 0]) == {"a"}
