@@ -188,7 +188,7 @@ def one_shard(folder: Path, partitions: np.ndarray, codes: np.ndarray, features1
     for number, name in enumerate(classes):
         rows = np.flatnonzero(labels == number)
         began = time.perf_counter()
-        lists = planned_lists(plan, codes[rows]) if plan else None
+        lists = planned_lists(plan, features16[rows]) if plan else None
         listing += time.perf_counter() - began
         base = BaseSegment.build(folder, f"p{number}", Rows(rows.astype(np.int64), codes[rows], features16[rows]), lists)
         states[str(name)] = replace(PartitionState.empty(str(name), 0, bits=codes.shape[1] * 8, dim=features16.shape[1]),

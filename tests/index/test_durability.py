@@ -149,4 +149,4 @@ def test_sigkill_during_compactions_into_k_means_lists_loses_nothing(tmp_path):
             index.close()
             store.close()
     assert kills >= 4
-    assert list((folder / "segments").glob("*.centroids.npy"))  # bases were split into lists
+    assert list((folder / "segments").glob("*.feature_centroids.npy"))  # bases were split into lists

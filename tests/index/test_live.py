@@ -381,7 +381,7 @@ def test_a_large_base_is_split_into_k_means_lists_and_scanning_them_all_answers_
     report = s.index.segment_report()
     assert all(seg["base"] == "k-means lists" and seg["lists"] == 6 and seg["base_images"] == 200 for seg in report)
     base = s.index.shards[0][0].states["a"].base
-    assert base.centroids.shape == (6, 64) and np.bincount(base.list_of).sum() == 200
+    assert base.centroids.shape == (6, 32) and np.bincount(base.list_of).sum() == 200  # in feature space
     after = s.index.search(project(queries), queries, shortlist=40)
     assert (before.image_ids == after.image_ids).all() and np.allclose(before.scores, after.scores)
     assert_answers_as_a_reopened_index(s, s.index, queries)
@@ -399,7 +399,7 @@ def test_a_query_scans_only_the_lists_nearest_it_and_never_a_removed_image(synth
     removed = ids[::7]
     assert not np.isin(found.image_ids, removed).any()
     live = np.setdiff1d(np.arange(600), np.arange(0, 600, 7))
-    assert (found.image_ids[live, 0] == ids[live]).mean() >= 0.9  # its own list is near it: 0.928 on this data
+    assert (found.image_ids[live, 0] == ids[live]).mean() >= 0.95  # its own list is near it: 0.982 on this data
     assert (s.index.search(project(more_features), more_features, shortlist=5).image_ids[:, 0] == more).all()
     in_a = s.index.search(project(features[:20]), features[:20], shortlist=20, partitions=["a"])
     assert set(in_a.partitions[in_a.image_ids >= 0]) == {"a"}

@@ -177,13 +177,14 @@ class ShardCodes:
         self.dead_count = np.array([0 if segment.dead is None else int(segment.dead.sum()) for segment in segments],
                                    np.int64)
 
-    def shortlist(self, projections: np.ndarray, shortlist: int, partitions: np.ndarray,
+    def shortlist(self, projections: np.ndarray, features: np.ndarray, shortlist: int, partitions: np.ndarray,
                   nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per query, the best `shortlist` live codes of the given partitions (in no order): their
-        segment numbers and rows in their segment (rows -1 pad); and the lists it probed.
+        """Per query (its projection and float embedding), the best `shortlist` live codes of the
+        given partitions (in no order): their segment numbers and rows in their segment (rows -1
+        pad); and the lists it probed.
 
         Segments split into k-means lists are scanned in the `nprobe` lists whose centroids
-        score best with the query, the others whole. Where every list is scanned, a threshold
+        score best with the query's embedding, the others whole. Where every list is scanned, a threshold
         scan answers where it pays and passes enough live codes. Else a top-k scan (over a few
         hundred lists scattered in memory, faster than a threshold scan: 1M images, 490 of 1,953
         lists, shortlist 3,000: 1.8 ms, against 1.9 ms and 0.4 ms for the sample's threshold)
@@ -192,7 +193,7 @@ class ShardCodes:
         for a query left short."""
         segments = (np.concatenate([self._segments_of[number] for number in partitions])
                     if len(partitions) else np.zeros(0, np.int64))
-        probe = self.scan.probe(projections, segments, nprobe)
+        probe = self.scan.probe(features, segments, nprobe)
         dead_share = int(self.dead_count[segments].sum()) / max(int(self.scan.sizes[segments].sum()), 1)
         total = int(self.scan.probed_codes(probe).max(initial=0))
         width = min(shortlist, total)
@@ -223,6 +224,8 @@ class ShardCodes:
             if segments.shape[1] >= total or (alive.sum(axis=1) >= width).all():
                 break
             extra *= 2
+        if alive.all():
+            return segments[:, :width], rows[:, :width]
         kept = np.argsort(~alive, axis=1, kind="stable")[:, :width]  # live ones first
         segments, rows, alive = (np.take_along_axis(a, kept, 1) for a in (segments, rows, alive))
         return np.maximum(segments, 0), np.where(alive, rows, -1)
@@ -251,7 +254,7 @@ class ShardReplica:
             empty = np.full((len(projections), 0), -1, np.int64)
             return ShardHits(empty, empty.astype(np.float32), empty.astype(object), [])
         start = time.perf_counter()
-        segments, rows, probe = self.codes.shortlist(projections, shortlist, searched, nprobe)
+        segments, rows, probe = self.codes.shortlist(projections, features, shortlist, searched, nprobe)
         shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
         start = time.perf_counter()
         ids, cosines, segments = self._rerank(segments, rows, features)
@@ -594,8 +597,8 @@ class LiveIndex:
         """The k-means lists of a new base segment of `rows`, with the old base's centroids where they still fit."""
         plan = ListPlan(self.params.list_size, self.params.lists_from)
         if old_base is None or old_base.centroids is None:
-            return planned_lists(plan, rows.codes)
-        return planned_lists(plan, rows.codes, old_base.rows.rows_of(rows.ids), (old_base.centroids, old_base.list_of))
+            return planned_lists(plan, rows.features)
+        return planned_lists(plan, rows.features, old_base.rows.rows_of(rows.ids), (old_base.centroids, old_base.list_of))
 
     def _swap_states(self, built: dict[tuple[str, int], tuple[BaseSegment | None, int]]) -> None:
         """Publish new states for the partitions given a new base segment (holding the changes

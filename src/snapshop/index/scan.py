@@ -47,6 +47,7 @@ THRESHOLD_SCAN_MIN = 64  # a threshold scan pays when the sampled codes outnumbe
 THRESHOLD_SCAN_BATCH_MAX = 2  # larger batches are cheaper by top-k: faiss shares each pass over the codes among them
 MARGIN_SIGMAS = 3  # the threshold is this many standard deviations of the sample's count below the wanted share
 RANGE_INDEXES_KEPT = 64  # views of probed subsets kept for threshold scans
+PROBE_PLANS_KEPT = 64  # sets of searched segments whose lists are kept numbered
 
 
 def code_signs(codes: np.ndarray) -> np.ndarray:
@@ -83,7 +84,7 @@ def _lists_index(bits: int, lists: int) -> faiss.IndexIVFPQFastScan:
 
 class CodeList:
     """One segment's codes as faiss inverted lists, labelled `tag << 32 | row`: one list, or
-    one per k-means centroid (`centroids`, lists x bits), each code in the one `list_of` names.
+    one per k-means centroid (`centroids`, lists x feature dim), each code in the one `list_of` names.
 
     A code's PQ encoding over the corner codebooks is its own bits (the low nibble of a PQ byte
     holds dims 8j..8j+3, dim 8j in its lowest bit: our packed bytes with their bits reversed),
@@ -137,8 +138,8 @@ class CodeScan:
 
     The stack numbers the lists of segment i from `first[i]` on. `probe` names the lists a
     search scans: the one list of each segment kept whole, and of the segments split into
-    k-means lists, the `nprobe` (over them all) whose centroids score best with the query. A
-    search answers with segment numbers and rows."""
+    k-means lists, the `nprobe` (over them all) whose centroids score best with the query's
+    float embedding. A search answers with segment numbers and rows."""
 
     def __init__(self, lists: Sequence[CodeList]) -> None:
         self.lists = list(lists)
@@ -159,13 +160,14 @@ class CodeScan:
         # faiss scores the centroids on the caller's one thread (numpy's BLAS woke a second thread
         # on every query, and with a compaction beside it on two cores, queries stalled 30-40 ms)
         if self.split.any():
-            self._centroids = faiss.IndexFlatIP(self.lists[0].bits)
+            self._centroids = faiss.IndexFlatIP(self.lists[np.flatnonzero(self.split)[0]].centroids.shape[1])
             self._centroids.add(np.concatenate([self.lists[number].centroids for number in np.flatnonzero(self.split)]))
         sampled = [number for number, code_list in enumerate(self.lists) if code_list.sample is not None]
         self._samples = CodeScan([self.lists[number].sample for number in sampled]) if sampled else None
         self._sample_of = np.full(len(self.lists), -1, np.int64)
         self._sample_of[sampled] = np.arange(len(sampled))
         self._range_indexes: dict[bytes, faiss.IndexIVFPQFastScan] = {}
+        self._probe_plans: dict[bytes, tuple[np.ndarray, np.ndarray, faiss.SearchParameters | None]] = {}
 
     def lists_of(self, segments: np.ndarray) -> np.ndarray:
         """The stack's numbers of every list of the given segments."""
@@ -174,16 +176,30 @@ class CodeScan:
         return np.concatenate([np.arange(self.first[number], self.first[number] + self.lists[number].lists)
                                for number in segments])
 
-    def probe(self, projections: np.ndarray, segments: np.ndarray, nprobe: int) -> np.ndarray:
-        """The lists to scan of the given segments: one row for every query where that is all
-        their lists, else a row per query (see the class's docstring)."""
-        whole, split = self.lists_of(segments[~self.split[segments]]), self.lists_of(segments[self.split[segments]])
+    def probe(self, features: np.ndarray, segments: np.ndarray, nprobe: int) -> np.ndarray:
+        """The lists to scan of the given segments, for queries with these float embeddings: one
+        row for every query where that is all their lists, else a row per query (see the
+        class's docstring)."""
+        whole, split, among = self._probe_plan(segments)
         if len(split) <= nprobe:
             return np.concatenate([whole, split])
-        among = (None if len(split) == len(self._list_of_centroid)
-                 else faiss.SearchParameters(sel=faiss.IDSelectorBatch(self._centroid_of[split])))
-        nearest = self._list_of_centroid[self._centroids.search(projections, nprobe, params=among)[1]]
-        return np.concatenate([np.broadcast_to(whole, (len(projections), len(whole))), nearest], axis=1)
+        nearest = self._list_of_centroid[self._centroids.search(features, nprobe, params=among)[1]]
+        return np.concatenate([np.broadcast_to(whole, (len(features), len(whole))), nearest], axis=1)
+
+    def _probe_plan(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, faiss.SearchParameters | None]:
+        """The lists of the given segments scanned whole, those of the split ones, and the
+        centroid search's restriction to the latter (None: all centroids), kept for the next
+        query that searches the same segments."""
+        key = segments.tobytes()
+        plan = self._probe_plans.get(key)
+        if plan is None:
+            whole, split = self.lists_of(segments[~self.split[segments]]), self.lists_of(segments[self.split[segments]])
+            among = (None if len(split) == len(self._list_of_centroid)
+                     else faiss.SearchParameters(sel=faiss.IDSelectorBatch(self._centroid_of[split])))
+            if len(self._probe_plans) >= PROBE_PLANS_KEPT:
+                self._probe_plans.clear()
+            plan = self._probe_plans[key] = (whole, split, among)
+        return plan
 
     def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The best `count` codes of the probed lists (as `probe` gives them, -1 pads), per

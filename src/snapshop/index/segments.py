@@ -3,7 +3,10 @@
 A *base* segment is immutable and lives on disk: image ids (sorted), packed codes and
 float16 features as `.npy` files opened memory-mapped; its codes are also held in memory as
 faiss lists (packed when the segment is opened): one list, or when it is large, k-means lists
-(index/coarse.py) whose centroids and each row's list are two more `.npy` files.
+(index/coarse.py) whose centroids (in feature space: `.feature_centroids.npy`) and each row's
+list (`.lists.npy`) are two more files. A segment written before the centroids moved from the
+codes' sign space to feature space (`.centroids.npy`) opens as one list, scanned whole, until a
+compaction (`snapshop compact`) splits it anew.
 A *delta* segment holds the recent writes in memory. Both are values: a write makes a new
 delta, so a query that started on the old one finishes on it.
 
@@ -20,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from snapshop.index.scan import CodeList
+
+CENTROIDS = "feature_centroids"  # the file part of a split segment's centroids
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class Rows:
 @dataclass(frozen=True)
 class BaseSegment:
     """An immutable segment: memory-mapped rows, their codes' lists and, where it is split into
-    k-means lists, its centroids (lists x bits) and each row's list."""
+    k-means lists, its centroids (lists x dim) and each row's list."""
 
     name: str
     rows: Rows
@@ -86,7 +91,7 @@ class BaseSegment:
         folder.mkdir(parents=True, exist_ok=True)
         parts = {"ids": rows.ids, "codes": rows.codes, "features": rows.features}
         if lists is not None:
-            parts |= {"centroids": np.asarray(lists[0], np.float32), "lists": np.asarray(lists[1], np.int32)}
+            parts |= {CENTROIDS: np.asarray(lists[0], np.float32), "lists": np.asarray(lists[1], np.int32)}
         for part, values in parts.items():
             _write_durably(folder / f"{name}.{part}.npy", lambda path, values=values: np.save(path, values))
         fsync_folder(folder)
@@ -98,9 +103,9 @@ class BaseSegment:
         np.memmap costs a Python wrapper per call), codes packed into faiss lists."""
         rows = Rows(*(np.asarray(np.load(folder / f"{name}.{part}.npy", mmap_mode="r"))
                       for part in ("ids", "codes", "features")))
-        if not (folder / f"{name}.centroids.npy").exists():
+        if not (folder / f"{name}.{CENTROIDS}.npy").exists():
             return cls(name, rows, CodeList(rows.codes))
-        centroids = np.load(folder / f"{name}.centroids.npy")
+        centroids = np.load(folder / f"{name}.{CENTROIDS}.npy")
         list_of = np.asarray(np.load(folder / f"{name}.lists.npy", mmap_mode="r"))
         return cls(name, rows, CodeList(rows.codes, list_of, centroids), centroids, list_of)
 
