@@ -1,14 +1,15 @@
-"""The engine with k-means lists in its base segments at 1,000,000 images, against the engine scanning every code.
+"""The engine with k-means lists in its base segments at 1,000,000 images, at several list sizes, against the engine scanning every code.
 
-    .venv/bin/python bench/engine_lists.py [--source bench/out/fm70k-vectors] [--total 1000000]   # ~12 min
+    .venv/bin/python bench/engine_lists.py [--source bench/out/fm70k-vectors] [--total 1000000]   # ~15 min
 
-Both engines hold the same ten category partitions as base segments (one shard, as `snapshop`
-builds them by default): one scans every code of the partitions it searches, the other splits
-each base segment into k-means lists (`index/coarse.py`, the `list_size` setting) and scans the
-`lists_probed` lists nearest the query. Printed, measured in this one run, on one core: recall@10
-against exact float cosine over all the images (faiss IndexFlatIP) and ms per query, single
-queries and batches of 8, IndexFlatIP timed with the same batches just before and after each;
-the memory each engine's codes take; the time the lists take to build.
+Every engine holds the same ten category partitions as base segments (one shard, as `snapshop`
+builds them by default): one scans every code of the partitions it searches, the others split
+each base segment into k-means lists of LIST_SIZES images (`index/coarse.py`, the `list_size`
+setting) and scan the share of them (PROBED_SHARES) nearest the query. Printed, measured in this
+one run, on one core: recall@10 against exact float cosine over all the images (faiss
+IndexFlatIP) and ms per query, single queries and batches of 8, IndexFlatIP timed with the same
+batches just before and after each; the memory each engine's codes take; the time the lists
+take to build.
 
 Data: as `bench/index_scale.py` (run `bench/real_embeddings.py` first): the 70,000 real
 Fashion-MNIST embeddings plus SYNTHETIC ones drawn around them, queried by the 500 SIMULATED
@@ -32,8 +33,9 @@ from pruning import timed_flat
 from snapshop.index.coarse import ListPlan
 from snapshop.settings import load_settings
 
-PROBES = (260, 390, 520, 650)
-SHORTLISTS = (2000, 3000)
+LIST_SIZES = (512, 768, 1024)
+PROBED_SHARES = (0.2, 0.25, 0.33)  # of a split engine's lists
+SHORTLISTS = (2000, 2600)
 BATCHES = (1, 8)
 
 
@@ -43,10 +45,9 @@ def main() -> None:
     features16 = features.astype(np.float16)
     query_projections = rotation.query(query_features).astype(np.float32)
     settings = load_settings()
-    plan = ListPlan(settings.list_size, settings.lists_from)
     report: dict = {"data": f"70,000 real Fashion-MNIST embeddings + SYNTHETIC ones ({args.generator}) to "
                             f"{len(features):,}; queries: SIMULATED shopper photos; one core",
-                    "list_size": plan.list_size, "rows": []}
+                    "engines": {}, "rows": []}
     flat = faiss.IndexFlatIP(features.shape[1])
     flat.add(features)
     exact = flat.search(query_features, K)[1]  # both cores: the ground truth is not what is timed
@@ -54,16 +55,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder, threadpool_limits(1):
         faiss.omp_set_num_threads(1)
-        whole, _ = one_shard(Path(folder) / "whole", partitions, codes, features16)
-        split, listing_s = one_shard(Path(folder) / "split", partitions, codes, features16, plan)
-        report["lists"] = int(sum(state.base.codes.lists for state in split.states.values()))
-        report["lists_build_s"] = round(listing_s, 1)
-        report["codes_mb"] = {name: round(sum(state.base.codes.nbytes for state in replica.states.values()) / 2**20, 1)
-                              for name, replica in (("every code", whole), ("k-means lists", split))}
-        print(json.dumps({key: report[key] for key in ("lists", "lists_build_s", "codes_mb")}), flush=True)
+        engines = [("every code", one_shard(Path(folder) / "whole", partitions, codes, features16)[0], (EVERY_LIST,))]
+        for list_size in LIST_SIZES:
+            name = f"k-means lists of {list_size}"
+            split, listing_s = one_shard(Path(folder) / f"split{list_size}", partitions, codes, features16,
+                                         ListPlan(list_size, settings.lists_from))
+            lists = int(sum(state.base.codes.lists for state in split.states.values()))
+            engines.append((name, split, tuple(round(share * lists) for share in PROBED_SHARES)))
+            report["engines"][name] = {"lists": lists, "lists_build_s": round(listing_s, 1)}
+        for name, replica, _ in engines:
+            report["engines"].setdefault(name, {})["codes_mb"] = round(
+                sum(state.base.codes.nbytes for state in replica.states.values()) / 2**20, 1)
+        print(json.dumps(report["engines"]), flush=True)
         for batch in BATCHES:
             starts = [s % (every - batch + 1) for s in range(0, 400, batch)]
-            for name, replica, probes in (("every code", whole, (EVERY_LIST,)), ("k-means lists", split, PROBES)):
+            for name, replica, probes in engines:
                 for nprobe in probes:
                     for shortlist in SHORTLISTS:
                         found = np.concatenate([

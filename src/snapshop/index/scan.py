@@ -37,6 +37,7 @@ import numpy as np
 CORNERS = np.array([[1.0 if (corner >> axis) & 1 else -1.0 for axis in range(4)] for corner in range(16)], np.float32)
 ADD_CHUNK = 65_536
 BLOCK = 32  # codes per fast-scan block
+IN_PROBE_ORDER = 11  # faiss's IVF fast-scan implementation that visits a query's lists in the order given, into a reservoir
 REVERSED_BITS = np.array([int(f"{byte:08b}"[::-1], 2) for byte in range(256)], np.uint8)
 TAG_SHIFT = 32
 ROW_MASK = (1 << TAG_SHIFT) - 1
@@ -153,6 +154,7 @@ class CodeScan:
         self._sorted_tags = tags[self._tag_order]
         if self.lists:
             self._index = _stacked(self.lists)
+            self._single_query_index = _in_probe_order(self._index)
         self.split = np.array([code_list.centroids is not None for code_list in self.lists], bool)
         self._list_of_centroid = self.lists_of(np.flatnonzero(self.split))
         self._centroid_of = np.full(len(self.list_sizes), -1, np.int64)  # a split segment's list -> its centroid
@@ -232,7 +234,8 @@ class CodeScan:
         scores = np.empty((queries, count), np.float32)
         labels = np.empty((queries, count), np.int64)
         width = faiss.SearchParametersIVF(nprobe=assign.shape[1])  # faiss reads rows of its nprobe keys
-        self._index.search_preassigned_c(queries, faiss.swig_ptr(projections), count, faiss.swig_ptr(assign),
+        index = self._single_query_index if queries == 1 else self._index
+        index.search_preassigned_c(queries, faiss.swig_ptr(projections), count, faiss.swig_ptr(assign),
                                          faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores),
                                          faiss.swig_ptr(labels), False, width)
         return scores, labels
@@ -296,3 +299,19 @@ def _stacked(lists: Sequence[CodeList]) -> faiss.IndexIVFPQFastScan:
     index.nprobe = index.nlist
     index.referenced_objects = [*getattr(index, "referenced_objects", []), stack, pointers, list(lists)]  # and its quantizer
     return index
+
+
+def _in_probe_order(index: faiss.IndexIVFPQFastScan) -> faiss.IndexIVFPQFastScan:
+    """A second index over the same lists (no copy) that scans a single query's lists in the
+    order its probe names them, nearest first, so its top-k threshold rises early. faiss's
+    default visits them in list order, to share each list among a batch's queries: better for
+    batches, slower for one query (1M images, 488 of 1,953 lists, shortlist 2,600: 1.26-1.40 ms
+    against 1.52-1.73 ms; every list, in list order: 4.2 ms against 5.0 ms; batches of 8: 1.23-1.30
+    ms a query against 1.13-1.18 ms)."""
+    twin = faiss.IndexIVFPQFastScan(index.quantizer, index.d, index.nlist, index.pq.M, 4, faiss.METRIC_INNER_PRODUCT)
+    twin.by_residual = False
+    _with_corner_codebooks(twin, index.d)
+    twin.replace_invlists(index.invlists, False)
+    twin.ntotal, twin.nprobe, twin.implem = index.ntotal, index.nprobe, IN_PROBE_ORDER
+    twin.referenced_objects = [*getattr(twin, "referenced_objects", []), index]  # its lists live as long as it does
+    return twin
