@@ -34,7 +34,7 @@ from snapshop.index.coarse import ListPlan
 from snapshop.settings import load_settings
 
 LIST_SIZES = (512, 768, 1024)
-PROBED_SHARES = (0.2, 0.25, 0.33)  # of a split engine's lists
+PROBED_SHARES = (0.2, 0.256, 0.33)  # of a split engine's lists (0.256: the default 500 of 1,953 lists of 512)
 SHORTLISTS = (2000, 2600)
 BATCHES = (1, 8)
 

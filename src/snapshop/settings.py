@@ -74,7 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("learned", "pca")),
     Setting("shortlist", 800, "Shortlist size R: best codes per shard re-ranked by float cosine.", int, minimum=1),
     Setting("nprobe", 16, "Inverted lists a Milvus search visits.", int, minimum=1),
-    Setting("lists_probed", 650, "k-means lists the faiss backend scans per shard, nearest first (its nprobe).", int,
+    Setting("lists_probed", 500, "k-means lists the faiss backend scans per shard, nearest first (its nprobe).", int,
             minimum=1),
     Setting("list_size", 512, "Codes per k-means list of a large base segment (faiss backend).", int, minimum=32),
     Setting("lists_from", 65_536, "Images from which a base segment is split into k-means lists; smaller ones are "

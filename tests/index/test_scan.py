@@ -39,6 +39,16 @@ def test_one_scan_scores_as_a_flat_index_of_the_probed_lists(lists, probe):
         assert sorted(zip(scores[query], as_flat_rows[query])) == sorted(zip(flat_scores[query], flat_rows[query]))
 
 
+@pytest.mark.parametrize("probe", [[0, 1, 2, 3, 4], [3, 2], [4, 1]])
+def test_a_single_query_scanning_its_lists_in_probe_order_finds_what_a_batch_finds(lists, probe):
+    """One query is scanned by another index over the same lists (its lists in the order given)."""
+    _, scan, queries = lists
+    batch = scan.search(queries, 40, np.array(probe))
+    for query in range(len(queries)):
+        alone = scan.search(queries[query : query + 1], 40, np.array(probe))
+        assert sorted(zip(*(part[0] for part in alone))) == sorted(zip(*(part[query] for part in batch)))
+
+
 def test_a_list_holds_its_packed_codes_and_a_label_per_code():
     code_list = CodeList(np.zeros((33, 32), np.uint8))
     assert code_list.size == 33 and code_list.bits == 256

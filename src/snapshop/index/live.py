@@ -77,7 +77,7 @@ class IndexParams:
     shards: int = 1
     replicas: int = 1
     nprobe: int = 16  # inverted lists a Milvus search visits
-    lists_probed: int = 650  # k-means lists a search scans per shard (every delta and small base whole)
+    lists_probed: int = 500  # k-means lists a search scans per shard (every delta and small base whole)
     list_size: int = 512  # codes per k-means list of a large base segment ...
     lists_from: int = 65_536  # ... of this many images or more
     compact_delta: int = 10_000
