@@ -76,7 +76,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nprobe", 16, "Inverted lists a Milvus search visits.", int, minimum=1),
     Setting("lists_probed", 500, "k-means lists the faiss backend scans per shard, nearest first (its nprobe).", int,
             minimum=1),
-    Setting("list_size", 512, "Codes per k-means list of a large base segment (faiss backend).", int, minimum=32),
+    Setting("list_size", 512, "Images per k-means list of a large base segment (faiss backend).", int, minimum=32),
     Setting("lists_from", 65_536, "Images from which a base segment is split into k-means lists; smaller ones are "
             "scanned whole.", int, minimum=1),
     Setting("shards", 1, "Shards the index is split into by a hash of item_id (a change re-shards on compaction).",
