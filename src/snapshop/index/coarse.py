@@ -45,7 +45,8 @@ def trained_centroids(features: np.ndarray, lists: int, seed: int = 1) -> np.nda
     """Spherical k-means centroids (lists x dim, unit length) of float features."""
     kmeans = faiss.Kmeans(features.shape[1], lists, niter=KMEANS_ITERATIONS, seed=seed, spherical=True,
                           min_points_per_centroid=1)  # lists of a few dozen images are allowed
-    kmeans.train(_as_float32(features[_sample(np.arange(len(features)), lists * kmeans.cp.max_points_per_centroid, seed)]))
+    sample = _sample(np.arange(len(features)), lists * kmeans.cp.max_points_per_centroid, seed)
+    kmeans.train(_as_float32(features[sample]))
     return kmeans.centroids
 
 

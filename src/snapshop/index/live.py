@@ -78,7 +78,7 @@ class IndexParams:
     replicas: int = 1
     nprobe: int = 16  # inverted lists a Milvus search visits
     lists_probed: int = 500  # k-means lists a search scans per shard (every delta and small base whole)
-    list_size: int = 512  # codes per k-means list of a large base segment ...
+    list_size: int = 512  # images per k-means list of a large base segment ...
     lists_from: int = 65_536  # ... of this many images or more
     compact_delta: int = 10_000
     compact_tombstones: int = 10_000
@@ -184,8 +184,8 @@ class ShardCodes:
         pad); and the lists it probed.
 
         Segments split into k-means lists are scanned in the `nprobe` lists whose centroids
-        score best with the query's embedding, the others whole. Where every list is scanned, a threshold
-        scan answers where it pays and passes enough live codes. Else a top-k scan (over a few
+        score best with the query's embedding, the others whole. Where every list is scanned, a
+        threshold scan answers where it pays and passes enough live codes. Else a top-k scan (over a few
         hundred lists scattered in memory, faster than a threshold scan: 1M images, 490 of 1,953
         lists, shortlist 3,000: 1.8 ms, against 1.9 ms and 0.4 ms for the sample's threshold)
         fetches as many more than the shortlist as the tombstones' share of the segments

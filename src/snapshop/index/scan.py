@@ -249,8 +249,8 @@ class CodeScan:
         width = faiss.SearchParametersIVF(nprobe=assign.shape[1])  # faiss reads rows of its nprobe keys
         index = self._single_query_index if queries == 1 else self._index
         index.search_preassigned_c(queries, faiss.swig_ptr(projections), count, faiss.swig_ptr(assign),
-                                         faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores),
-                                         faiss.swig_ptr(labels), False, width)
+                                   faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores), faiss.swig_ptr(labels),
+                                   False, width)
         return scores, labels
 
     def above_threshold(self, projections: np.ndarray, count: int,
@@ -318,8 +318,8 @@ def _in_probe_order(index: faiss.IndexIVFPQFastScan) -> faiss.IndexIVFPQFastScan
     """A second index over the same lists (no copy) that scans a single query's lists in the
     order its probe names them, nearest first, so its top-k threshold rises early. faiss's
     default visits them in list order, to share each list among a batch's queries: better for
-    batches, slower for one query (1M images, 488 of 1,953 lists, shortlist 2,600: 1.26-1.40 ms
-    against 1.52-1.73 ms; every list, in list order: 4.2 ms against 5.0 ms; batches of 8: 1.23-1.30
+    batches, slower for one query (1M images, 488 of 1,953 lists, shortlist 2,600: 1.19-1.20 ms
+    against 1.43-1.48 ms; every list: 4.2 ms against 5.0 ms; batches of 8 in probe order: 1.23-1.30
     ms a query against 1.13-1.18 ms)."""
     twin = faiss.IndexIVFPQFastScan(index.quantizer, index.d, index.nlist, index.pq.M, 4, faiss.METRIC_INNER_PRODUCT)
     twin.by_residual = False
