@@ -185,12 +185,12 @@ class ShardCodes:
 
         Segments split into k-means lists are scanned in the `nprobe` lists whose centroids
         score best with the query's embedding, the others whole. Where every list is scanned, a
-        threshold scan answers where it pays and passes enough live codes. Else a top-k scan (over a few
-        hundred lists scattered in memory, faster than a threshold scan: 1M images, 490 of 1,953
-        lists, shortlist 3,000: 1.8 ms, against 1.9 ms and 0.4 ms for the sample's threshold)
-        fetches as many more than the shortlist as the tombstones' share of the segments
-        predicts (twice over), since tombstoned codes are dropped after the scan, and asks again
-        for a query left short."""
+        threshold scan answers where it pays and passes enough live codes. Else a top-k scan
+        (over a few hundred lists scattered in memory, faster than a threshold scan: 1M images,
+        490 of 1,953 lists, shortlist 3,000: 1.8 ms, against 1.9 ms and 0.4 ms for the sample's
+        threshold) fetches as many more than the shortlist as the tombstones' share of the
+        segments predicts (twice over), since tombstoned codes are dropped after the scan, and
+        asks again for a query left short."""
         segments = (np.concatenate([self._segments_of[number] for number in partitions])
                     if len(partitions) else np.zeros(0, np.int64))
         probe = self.scan.probe(features, segments, nprobe)

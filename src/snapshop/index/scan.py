@@ -156,9 +156,8 @@ class CodeScan:
             self._index = _stacked(self.lists)
             self._single_query_index = _in_probe_order(self._index)
         self.split = np.array([code_list.centroids is not None for code_list in self.lists], bool)
-        self._list_of_centroid = self.lists_of(np.flatnonzero(self.split))
-        self._centroid_of = np.full(len(self.list_sizes), -1, np.int64)  # a split segment's list -> its centroid
-        self._centroid_of[self._list_of_centroid] = np.arange(len(self._list_of_centroid))
+        split_counts = np.where(self.split, counts, 0)
+        self._first_centroid = np.cumsum(split_counts) - split_counts  # a split segment's first row of _centroids
         self._centroids = (np.ascontiguousarray(np.concatenate([self.lists[number].centroids
                                                                 for number in np.flatnonzero(self.split)]), np.float32)
                            if self.split.any() else None)
@@ -167,7 +166,7 @@ class CodeScan:
         self._sample_of = np.full(len(self.lists), -1, np.int64)
         self._sample_of[sampled] = np.arange(len(sampled))
         self._range_indexes: dict[bytes, faiss.IndexIVFPQFastScan] = {}
-        self._probe_plans: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self._probe_plans: dict[bytes, tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]] = {}
 
     def lists_of(self, segments: np.ndarray) -> np.ndarray:
         """The stack's numbers of every list of the given segments."""
@@ -180,40 +179,43 @@ class CodeScan:
         """The lists to scan of the given segments, for queries with these float embeddings: one
         row for every query where that is all their lists, else a row per query (see the
         class's docstring)."""
-        whole, split, among = self._probe_plan(segments)
+        whole, split, ranges = self._probe_plan(segments)
         if len(split) <= nprobe:
             return np.concatenate([whole, split])
-        nearest = self._list_of_centroid[self._nearest_centroids(features, nprobe, among)]
+        nearest = split[self._nearest_centroids(features, nprobe, ranges)]
         return np.concatenate([np.broadcast_to(whole, (len(features), len(whole))), nearest], axis=1)
 
-    def _nearest_centroids(self, features: np.ndarray, nprobe: int, among: np.ndarray | None) -> np.ndarray:
-        """Per query, the `nprobe` centroids (of `among`; None: all) that score best with its
-        embedding, nearest first. faiss scores them on the caller's one thread (numpy's BLAS
-        woke a second thread on every query, and with a compaction beside it on two cores,
-        queries stalled 30-40 ms); numpy picks the best (0.07 ms a query at 1M, against 0.13
-        ms for a faiss flat index's own top-k)."""
-        scores = np.empty((len(features), len(self._centroids)), np.float32)
+    def _nearest_centroids(self, features: np.ndarray, nprobe: int, ranges: list[tuple[int, int]]) -> np.ndarray:
+        """Per query, the `nprobe` best scoring with its embedding of the centroids in `ranges`
+        (start, stop), nearest first, as positions in the ranges taken in turn. faiss scores them
+        on the caller's one thread (numpy's BLAS woke a second thread on every query, and with a
+        compaction beside it on two cores, queries stalled 30-40 ms), only those of the searched
+        segments; numpy picks the best (0.07 ms a query at 1M, against 0.13 ms for a faiss flat
+        index's own top-k)."""
+        scores = np.empty((len(features), sum(stop - start for start, stop in ranges)), np.float32)
         for row, feature in zip(scores, np.ascontiguousarray(features, np.float32)):
-            faiss.fvec_inner_products_ny(faiss.swig_ptr(row), faiss.swig_ptr(feature), faiss.swig_ptr(self._centroids),
-                                         self._centroids.shape[1], len(self._centroids))
-        if among is not None:
-            scores = scores[:, among]
+            at = 0
+            for start, stop in ranges:
+                faiss.fvec_inner_products_ny(faiss.swig_ptr(row[at:]), faiss.swig_ptr(feature),
+                                             faiss.swig_ptr(self._centroids[start:]), self._centroids.shape[1], stop - start)
+                at += stop - start
         best = np.argpartition(-scores, nprobe - 1, axis=1)[:, :nprobe]
-        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), axis=1), 1)
-        return best if among is None else among[best]
+        return np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), axis=1), 1)
 
-    def _probe_plan(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The lists of the given segments scanned whole, those of the split ones, and the
-        latter's centroids (None: all centroids), kept for the next query that searches the
-        same segments."""
+    def _probe_plan(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """The lists of the given segments scanned whole, those of the split ones, and where the
+        latter's centroids lie in the stacked centroids (start, stop per split segment, in the
+        order of their lists), kept for the next query that searches the same segments."""
         key = segments.tobytes()
         plan = self._probe_plans.get(key)
         if plan is None:
-            whole, split = self.lists_of(segments[~self.split[segments]]), self.lists_of(segments[self.split[segments]])
-            among = None if len(split) == len(self._list_of_centroid) else self._centroid_of[split]
+            split_segments = segments[self.split[segments]]
+            ranges = [(int(self._first_centroid[number]), int(self._first_centroid[number]) + self.lists[number].lists)
+                      for number in split_segments]
             if len(self._probe_plans) >= PROBE_PLANS_KEPT:
                 self._probe_plans.clear()
-            plan = self._probe_plans[key] = (whole, split, among)
+            plan = self._probe_plans[key] = (self.lists_of(segments[~self.split[segments]]), self.lists_of(split_segments),
+                                             ranges)
         return plan
 
     def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
