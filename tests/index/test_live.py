@@ -168,8 +168,8 @@ def _above_a_higher_threshold(above):
     """A threshold scan whose sample misjudged: only the best five codes pass."""
     def scan_above(self, *args):
         answers = above(self, *args)
-        return answers and [tuple(part[np.argsort(-scores)[:5]] for part in (scores, lists, rows))
-                            for scores, lists, rows in answers]
+        return answers and [tuple(part[np.argsort(-scores)[:5]] for part in (scores, labels))
+                            for scores, labels in answers]
     return scan_above
 
 

@@ -24,7 +24,8 @@ def lists():
 def test_one_scan_scores_as_a_flat_index_of_the_probed_lists(lists, probe):
     codes, scan, queries = lists
     probed = [number for number in probe if SIZES[number]]
-    scores, found_lists, rows = scan.search(queries, 40, np.array(probe))
+    scores, labels = scan.top_k(queries, 40, np.array(probe))
+    found_lists, rows = scan.segments_and_rows(labels)
     expected_count = min(40, sum(SIZES[number] for number in probe))
     assert scores.shape == (5, expected_count)
     if not probed:
@@ -43,9 +44,9 @@ def test_one_scan_scores_as_a_flat_index_of_the_probed_lists(lists, probe):
 def test_a_single_query_scanning_its_lists_in_probe_order_finds_what_a_batch_finds(lists, probe):
     """One query is scanned by another index over the same lists (its lists in the order given)."""
     _, scan, queries = lists
-    batch = scan.search(queries, 40, np.array(probe))
+    batch = scan.top_k(queries, 40, np.array(probe))
     for query in range(len(queries)):
-        alone = scan.search(queries[query : query + 1], 40, np.array(probe))
+        alone = scan.top_k(queries[query : query + 1], 40, np.array(probe))
         assert sorted(zip(*(part[0] for part in alone))) == sorted(zip(*(part[query] for part in batch)))
 
 
@@ -75,7 +76,8 @@ def test_a_threshold_scan_returns_every_code_above_its_threshold(sampled, probe)
     assert answers is not None and len(answers) == len(queries)
     flat = sign_code_index(np.concatenate([codes[number] for number in probe]))
     everything = flat.search(queries, flat.ntotal)[0]
-    for query, ((scores, lists, rows), all_scores) in enumerate(zip(answers, everything)):
+    for query, ((scores, labels), all_scores) in enumerate(zip(answers, everything)):
+        lists, rows = code_scan.segments_and_rows(labels)
         passed = len(scores)
         assert 30 * 0.5 < passed < 30 * 4  # aimed a little above 30 by the sample
         assert np.array_equal(np.sort(scores)[::-1], all_scores[:passed])  # the best ones, none above left out

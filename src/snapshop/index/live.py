@@ -44,7 +44,7 @@ from snapshop.errors import IndexError_
 from snapshop.index import rerank
 from snapshop.index.coarse import ListPlan, planned_lists
 from snapshop.index.partition import PartitionState
-from snapshop.index.scan import ROW_MASK, TAG_SHIFT, CodeScan
+from snapshop.index.scan import PAD, ROW_MASK, CodeScan
 from snapshop.index.segments import BaseSegment, Rows
 from snapshop.index.store import Change, MetadataStore, StoredVectors
 from snapshop.settings import Settings
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 LAYOUT = "segments.json"
 SEGMENTS = "segments"
 LOAD_ATTEMPTS = 3
-PAD = np.iinfo(np.int64).max  # a shortlist key that sorts after every (list, row)
 RERANK_BLOCK = 32_768  # candidate rows gathered for one re-rank call (16 MB of float16 at 256 dimensions)
 
 
@@ -178,10 +177,10 @@ class ShardCodes:
                                    np.int64)
 
     def shortlist(self, projections: np.ndarray, features: np.ndarray, shortlist: int, partitions: np.ndarray,
-                  nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per query (its projection and float embedding), the best `shortlist` live codes of the
-        given partitions (in no order): their segment numbers and rows in their segment (rows -1
-        pad); and the lists it probed.
+                  nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per query (its projection and float embedding), the labels of the best `shortlist` live
+        codes of the given partitions, sorted (grouped by segment, PAD last; see CodeScan); and
+        the lists it probed.
 
         Segments split into k-means lists are scanned in the `nprobe` lists whose centroids
         score best with the query's embedding, the others whole. Where every list is scanned, a
@@ -197,42 +196,46 @@ class ShardCodes:
         dead_share = int(self.dead_count[segments].sum()) / max(int(self.scan.sizes[segments].sum()), 1)
         total = int(self.scan.probed_codes(probe).max(initial=0))
         width = min(shortlist, total)
-        found, rows = np.zeros((len(projections), width), np.int64), np.full((len(projections), width), -1, np.int64)
+        labels = np.full((len(projections), width), PAD, np.int64)
         left = np.ones(len(projections), bool)
         above = self.scan.above_threshold(projections, width, segments) if width and probe.ndim == 1 else None
-        for query, (scores, found_segments, found_rows) in enumerate(above or []):
+        for query, (scores, found) in enumerate(above or []):
             if dead_share:
-                alive = ~self._tombstoned(found_segments, found_rows)
-                scores, found_segments, found_rows = scores[alive], found_segments[alive], found_rows[alive]
+                alive = ~self._tombstoned(found)
+                scores, found = scores[alive], found[alive]
             if len(scores) >= width:
                 best = np.argpartition(-scores, width - 1)[:width] if len(scores) > width else slice(None)
-                found[query], rows[query], left[query] = found_segments[best], found_rows[best], False
-        if left.any():
-            found[left], rows[left] = self._top_k(projections[left], width, probe if probe.ndim == 1 else probe[left],
-                                                  total, dead_share)
-        return found, rows, probe
+                labels[query], left[query] = found[best], False
+        if left.all():
+            labels = self._top_k(projections, width, probe, total, dead_share)
+        elif left.any():
+            labels[left] = self._top_k(projections[left], width, probe if probe.ndim == 1 else probe[left],
+                                       total, dead_share)
+        labels.sort(axis=1)
+        return labels, probe
 
     def _top_k(self, projections: np.ndarray, width: int, probe: np.ndarray, total: int,
-               dead_share: float) -> tuple[np.ndarray, np.ndarray]:
-        """The top-k scan's best `width` live codes per query (segment numbers, rows; rows -1 pad)."""
+               dead_share: float) -> np.ndarray:
+        """The labels of the top-k scan's best `width` live codes per query (PAD pads)."""
         extra = int(np.ceil(2 * width * dead_share)) + 16 if dead_share else 0
         while True:
-            _, segments, rows = self.scan.search(projections, width + extra, probe)
-            alive = rows >= 0
+            _, labels = self.scan.top_k(projections, width + extra, probe)
+            alive = labels >= 0
             if dead_share:
-                alive &= ~self._tombstoned(np.maximum(segments, 0), rows)
-            if segments.shape[1] >= total or (alive.sum(axis=1) >= width).all():
+                alive &= ~self._tombstoned(labels)
+            if labels.shape[1] >= total or (alive.sum(axis=1) >= width).all():
                 break
             extra *= 2
-        if alive.all():
-            return segments[:, :width], rows[:, :width]
-        kept = np.argsort(~alive, axis=1, kind="stable")[:, :width]  # live ones first
-        segments, rows, alive = (np.take_along_axis(a, kept, 1) for a in (segments, rows, alive))
-        return np.maximum(segments, 0), np.where(alive, rows, -1)
+        if not alive.all():
+            kept = np.argsort(~alive, axis=1, kind="stable")[:, :width]  # live ones first
+            labels, alive = np.take_along_axis(labels, kept, 1), np.take_along_axis(alive, kept, 1)
+        return np.where(alive, labels, PAD)[:, :width]
 
-    def _tombstoned(self, segments: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Whether each (segment, row) is a tombstoned code (only when some segment has tombstones)."""
-        return self.dead[self.start[segments] + rows]
+    def _tombstoned(self, labels: np.ndarray) -> np.ndarray:
+        """Whether each label is a tombstoned code's (only when some segment has tombstones;
+        False for -1 pads)."""
+        segments, rows = self.scan.segments_and_rows(np.maximum(labels, 0))
+        return (labels >= 0) & self.dead[self.start[segments] + rows]
 
 
 class ShardReplica:
@@ -243,58 +246,61 @@ class ShardReplica:
         self.states = states
         self.codes = ShardCodes(list(states.values()))  # by the writer that publishes it, not by a query
         self._names = np.asarray(list(states) + [None], object)
+        self._numbers = {name: number for number, name in enumerate(states)}
         self._explained = [self._explain(state) for state in states.values()]  # what a state holds, once
+        self._rows_by_label = [self.codes.rows[number] for number in self.codes.scan.by_label]
+        self._label_bounds = np.append(self.codes.scan.first_labels, PAD)  # where each one's labels start; pads
+        self._segment_by_label = np.append(self.codes.scan.by_label, -1)
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
                partitions: Sequence[str] | None, nprobe: int) -> ShardHits:
         """The best `shortlist` codes over the searched partitions (one scan), re-ranked."""
-        names = list(self.states)
-        searched = np.array([number for number, name in enumerate(names) if partitions is None or name in partitions], np.int64)
+        searched = np.array(sorted({self._numbers[name] for name in (self._numbers if partitions is None else partitions)
+                                    if name in self._numbers}), np.int64)
         if not len(searched):
             empty = np.full((len(projections), 0), -1, np.int64)
             return ShardHits(empty, empty.astype(np.float32), empty.astype(object), [])
         start = time.perf_counter()
-        segments, rows, probe = self.codes.shortlist(projections, features, shortlist, searched, nprobe)
+        labels, probe = self.codes.shortlist(projections, features, shortlist, searched, nprobe)
         shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
         start = time.perf_counter()
-        ids, cosines, segments = self._rerank(segments, rows, features)
+        ids, cosines, segments = self._rerank(labels, features)
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
-        owner = np.where(segments >= 0, self.codes.owner[segments], len(names))  # a pad's segment, -1, picks any
-        per_partition = np.bincount(owner.ravel(), minlength=len(names) + 1) / max(len(owner), 1)
+        owner = np.where(segments >= 0, self.codes.owner[segments], len(self._numbers))  # a pad's segment, -1, picks any
+        per_partition = np.bincount(owner.ravel(), minlength=len(self._numbers) + 1) / max(len(owner), 1)
         probed = np.atleast_2d(probe)
-        lists_probed = np.bincount(self.codes.list_owner[probed[probed >= 0]], minlength=len(names)) / len(probed)
+        lists_probed = np.bincount(self.codes.list_owner[probed[probed >= 0]], minlength=len(self._numbers)) / len(probed)
         explain = [{**self._explained[number], "candidates": int(per_partition[number]),
                     "lists_probed": round(float(lists_probed[number]), 1), "ms": shortlist_ms, "rerank_ms": rerank_ms}
                    for number in searched]
         return ShardHits(ids, cosines, self._names[owner], explain)
 
-    def _rerank(self, segments: np.ndarray, rows: np.ndarray,
-                features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The shortlisted rows' image ids, float cosines with their query and segment numbers,
+    def _rerank(self, labels: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The shortlisted codes' image ids, float cosines with their query and segment numbers,
         best first (-1 / -inf / -1 pad).
 
-        Each query's candidates are read sorted by segment and row, so each segment's ids and
-        features are copied in one ascending pass straight into the re-rank's input, a block of
-        queries at a time (RERANK_BLOCK rows at most)."""
-        key = np.sort(np.where(rows >= 0, segments << TAG_SHIFT | rows, PAD), axis=1)
-        segments, rows = key >> TAG_SHIFT, key & ROW_MASK
-        ids = np.full(key.shape, -1, np.int64)
-        cosines = np.empty(key.shape, np.float32)
-        step = max(1, RERANK_BLOCK // max(key.shape[1], 1))
-        segment_numbers = np.arange(len(self.codes.rows) + 1)
-        for start in range(0, len(key), step):
+        Each query's labels come sorted, so each segment's ids and features are copied in one
+        ascending pass straight into the re-rank's input, a block of queries at a time
+        (RERANK_BLOCK rows at most)."""
+        rows = labels & ROW_MASK
+        ids = np.full(labels.shape, -1, np.int64)
+        segments = np.empty(labels.shape, np.int64)
+        cosines = np.empty(labels.shape, np.float32)
+        step = max(1, RERANK_BLOCK // max(labels.shape[1], 1))
+        for start in range(0, len(labels), step):
             block = slice(start, start + step)
-            stored = np.empty((*key[block].shape, features.shape[1]), np.float16)  # pads: scored, then -inf
-            for query, query_segments in enumerate(segments[block], start):
-                bounds = np.searchsorted(query_segments, segment_numbers).tolist()
-                for segment, low, high in zip(self.codes.rows, bounds, bounds[1:]):
+            stored = np.empty((*labels[block].shape, features.shape[1]), np.float16)  # pads: scored, then -inf
+            for query, query_labels in enumerate(labels[block], start):
+                bounds = np.searchsorted(query_labels, self._label_bounds)
+                segments[query] = np.repeat(self._segment_by_label, np.diff(bounds, append=labels.shape[1]))
+                bounds = bounds.tolist()
+                for segment, low, high in zip(self._rows_by_label, bounds, bounds[1:]):
                     if high > low:
                         np.take(segment.ids, rows[query, low:high], out=ids[query, low:high])
                         np.take(segment.features, rows[query, low:high], axis=0, out=stored[query - start, low:high])
             cosines[block] = rerank.cosines(stored, features[block])
-        cosines[key == PAD] = -np.inf
+        cosines[segments < 0] = -np.inf
         order = np.argsort(-cosines, axis=1)
-        segments = np.where(key == PAD, -1, segments)
         return tuple(np.take_along_axis(a, order, 1) for a in (ids, cosines, segments))
 
     def _explain(self, state: PartitionState) -> dict:

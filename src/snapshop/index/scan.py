@@ -41,6 +41,7 @@ IN_PROBE_ORDER = 11  # faiss's IVF fast-scan implementation that visits a query'
 REVERSED_BITS = np.array([int(f"{byte:08b}"[::-1], 2) for byte in range(256)], np.uint8)
 TAG_SHIFT = 32
 ROW_MASK = (1 << TAG_SHIFT) - 1
+PAD = np.iinfo(np.int64).max  # a label that sorts after every real one: it pads a shortlist
 _tags = itertools.count(1)  # process-wide: two lists stacked together never share a tag
 SAMPLE_STRIDE = 32  # a large segment's sample holds one code in 32 ...
 SAMPLED_LIST_MIN = 4_096  # ... of segments this large or larger
@@ -140,7 +141,8 @@ class CodeScan:
     The stack numbers the lists of segment i from `first[i]` on. `probe` names the lists a
     search scans: the one list of each segment kept whole, and of the segments split into
     k-means lists, the `nprobe` (over them all) whose centroids score best with the query's
-    float embedding. A search answers with segment numbers and rows."""
+    float embedding. A search answers with labels: sorted, a query's labels group by segment
+    (segments in `by_label` order), rows ascending; `segments_and_rows` splits them."""
 
     def __init__(self, lists: Sequence[CodeList]) -> None:
         self.lists = list(lists)
@@ -150,8 +152,8 @@ class CodeScan:
         self.list_sizes = (np.concatenate([code_list.list_sizes for code_list in self.lists])
                            if self.lists else np.zeros(0, np.int64))
         tags = np.array([code_list.tag for code_list in self.lists], np.int64)
-        self._tag_order = np.argsort(tags)
-        self._sorted_tags = tags[self._tag_order]
+        self.by_label = np.argsort(tags)  # segment numbers in the order of their labels
+        self.first_labels = tags[self.by_label] << TAG_SHIFT  # and the smallest label each can have
         if self.lists:
             self._index = _stacked(self.lists)
             self._single_query_index = _in_probe_order(self._index)
@@ -165,8 +167,10 @@ class CodeScan:
         self._samples = CodeScan([self.lists[number].sample for number in sampled]) if sampled else None
         self._sample_of = np.full(len(self.lists), -1, np.int64)
         self._sample_of[sampled] = np.arange(len(sampled))
+        self._padded_list_sizes = np.append(self.list_sizes, 0)  # -1 pads a probe
         self._range_indexes: dict[bytes, faiss.IndexIVFPQFastScan] = {}
         self._probe_plans: dict[bytes, tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]] = {}
+        self._search_widths: dict[int, faiss.SearchParametersIVF] = {}
 
     def lists_of(self, segments: np.ndarray) -> np.ndarray:
         """The stack's numbers of every list of the given segments."""
@@ -183,6 +187,8 @@ class CodeScan:
         if len(split) <= nprobe:
             return np.concatenate([whole, split])
         nearest = split[self._nearest_centroids(features, nprobe, ranges)]
+        if not len(whole):
+            return nearest
         return np.concatenate([np.broadcast_to(whole, (len(features), len(whole))), nearest], axis=1)
 
     def _nearest_centroids(self, features: np.ndarray, nprobe: int, ranges: list[tuple[int, int]]) -> np.ndarray:
@@ -192,76 +198,75 @@ class CodeScan:
         compaction beside it on two cores, queries stalled 30-40 ms), only those of the searched
         segments; numpy picks the best (0.07 ms a query at 1M, against 0.13 ms for a faiss flat
         index's own top-k)."""
-        scores = np.empty((len(features), sum(stop - start for start, stop in ranges)), np.float32)
-        for row, feature in zip(scores, np.ascontiguousarray(features, np.float32)):
+        scores = np.empty(sum(stop - start for start, stop in ranges), np.float32)
+        nearest = np.empty((len(features), nprobe), np.int64)
+        for query, feature in enumerate(np.ascontiguousarray(features, np.float32)):
             at = 0
             for start, stop in ranges:
-                faiss.fvec_inner_products_ny(faiss.swig_ptr(row[at:]), faiss.swig_ptr(feature),
+                faiss.fvec_inner_products_ny(faiss.swig_ptr(scores[at:]), faiss.swig_ptr(feature),
                                              faiss.swig_ptr(self._centroids[start:]), self._centroids.shape[1], stop - start)
                 at += stop - start
-        best = np.argpartition(-scores, nprobe - 1, axis=1)[:, :nprobe]
-        return np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), axis=1), 1)
+            best = np.argpartition(-scores, nprobe - 1)[:nprobe]
+            nearest[query] = best[np.argsort(-scores[best])]
+        return nearest
 
     def _probe_plan(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """The lists of the given segments scanned whole, those of the split ones, and where the
-        latter's centroids lie in the stacked centroids (start, stop per split segment, in the
-        order of their lists), kept for the next query that searches the same segments."""
+        latter's centroids lie in the stacked centroids (start, stop, in the order of their lists;
+        neighbours joined), kept for the next query that searches the same segments."""
         key = segments.tobytes()
         plan = self._probe_plans.get(key)
         if plan is None:
             split_segments = segments[self.split[segments]]
-            ranges = [(int(self._first_centroid[number]), int(self._first_centroid[number]) + self.lists[number].lists)
-                      for number in split_segments]
+            ranges: list[tuple[int, int]] = []
+            for number in split_segments:  # neighbours in the stacked centroids as one range
+                start = int(self._first_centroid[number])
+                if ranges and ranges[-1][1] == start:
+                    start = ranges.pop()[0]
+                ranges.append((start, int(self._first_centroid[number]) + self.lists[number].lists))
             if len(self._probe_plans) >= PROBE_PLANS_KEPT:
                 self._probe_plans.clear()
             plan = self._probe_plans[key] = (self.lists_of(segments[~self.split[segments]]), self.lists_of(split_segments),
                                              ranges)
         return plan
 
-    def search(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The best `count` codes of the probed lists (as `probe` gives them, -1 pads), per
-        query, best first: their scores, segment numbers and rows in their segment (-inf / -1 / -1 pad)."""
-        scores, labels = self._top_k(projections, count, probe)
-        found = labels >= 0
-        segments, rows = self._segments_and_rows(labels)
-        return (np.where(found, scores, -np.inf).astype(np.float32), np.where(found, segments, -1),
-                np.where(found, rows, -1))
-
-    def best_scores(self, projections: np.ndarray, count: int, probe: np.ndarray) -> np.ndarray:
-        """The scores alone of `search` (pads: faiss's own)."""
-        return self._top_k(projections, count, probe)[0]
-
-    def probed_codes(self, probe: np.ndarray) -> np.ndarray:
-        """Codes in the probed lists, per row of `probe`."""
-        probe = np.atleast_2d(probe)
-        sizes = np.append(self.list_sizes, 0)  # -1 pads
-        return sizes[probe].sum(axis=1)
-
-    def _top_k(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's top-k scan of the probed lists: scores and labels, best first."""
+    def top_k(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's scan of the probed lists (as `probe` gives them, -1 pads): the best `count`
+        codes per query, best first, as scores and labels (-1 pads: fewer codes were probed)."""
         queries = len(projections)
         count = min(count, int(self.probed_codes(probe).max(initial=0)))
         if count <= 0:
             return np.zeros((queries, 0), np.float32), np.zeros((queries, 0), np.int64)
         assign = np.ascontiguousarray(np.broadcast_to(probe, (queries, probe.shape[-1])), np.int64)
         projections = np.ascontiguousarray(projections, np.float32)  # named: faiss gets raw pointers
-        unused_distances = np.zeros(assign.shape, np.float32)
+        unused_distances = np.empty(assign.shape, np.float32)
         scores = np.empty((queries, count), np.float32)
         labels = np.empty((queries, count), np.int64)
-        width = faiss.SearchParametersIVF(nprobe=assign.shape[1])  # faiss reads rows of its nprobe keys
+        width = self._search_widths.get(assign.shape[1])  # faiss reads rows of its nprobe keys
+        if width is None:
+            width = self._search_widths[assign.shape[1]] = faiss.SearchParametersIVF(nprobe=assign.shape[1])
         index = self._single_query_index if queries == 1 else self._index
         index.search_preassigned_c(queries, faiss.swig_ptr(projections), count, faiss.swig_ptr(assign),
                                    faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores), faiss.swig_ptr(labels),
                                    False, width)
         return scores, labels
 
+    def probed_codes(self, probe: np.ndarray) -> np.ndarray:
+        """Codes in the probed lists, per row of `probe`."""
+        return self._padded_list_sizes[np.atleast_2d(probe)].sum(axis=1)
+
+    def segments_and_rows(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The segment number and row of each label (garbage where a label is -1 or PAD)."""
+        found = np.searchsorted(self.first_labels, labels, side="right") - 1
+        return self.by_label[found.clip(0, len(self.lists) - 1)], labels & ROW_MASK
+
     def above_threshold(self, projections: np.ndarray, count: int,
-                        segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+                        segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """Per query, every code of the given segments (all their lists) scoring above a
-        threshold that a little more than `count` of them pass, as scores, segment numbers and
-        rows (in no order). The threshold is the score of the sample's best `count x sample /
-        sampled` codes and MARGIN_SIGMAS times that count's square root more (a count of codes
-        above a score spreads about as much), so fewer than `count` rarely pass. None where the
+        threshold that a little more than `count` of them pass, as scores and labels (in no
+        order). The threshold is the score of the sample's best `count x sample / sampled` codes
+        and MARGIN_SIGMAS times that count's square root more (a count of codes above a score
+        spreads about as much), so fewer than `count` rarely pass. None where the
         segments are too few or too small, or the batch too large, for a threshold scan to pay."""
         if self._samples is None or not len(segments) or len(projections) > THRESHOLD_SCAN_BATCH_MAX:
             return None
@@ -273,18 +278,13 @@ class CodeScan:
             return None
         expected = count * sample_total / sampled_total  # of the wanted codes, how many the sample holds
         share = min(sample_total, int(np.ceil(expected + MARGIN_SIGMAS * np.sqrt(expected))) + 1)
-        thresholds = self._samples.best_scores(projections, share, self._samples.lists_of(samples))[:, -1]
+        thresholds = self._samples.top_k(projections, share, self._samples.lists_of(samples))[0][:, -1]
         index = self._range_index(segments)
         answers = []
         for projection, threshold in zip(np.ascontiguousarray(projections, np.float32), thresholds):
             _, scores, labels = index.range_search(projection[None], float(threshold))
-            answers.append((scores, *self._segments_and_rows(labels)))
+            answers.append((scores, labels))
         return answers
-
-    def _segments_and_rows(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The segment number and row of each label (garbage where a label is -1)."""
-        segments = self._tag_order[np.searchsorted(self._sorted_tags, labels >> TAG_SHIFT).clip(0, len(self.lists) - 1)]
-        return segments, labels & ROW_MASK
 
     def _range_index(self, segments: np.ndarray) -> faiss.IndexIVFPQFastScan:
         """An index over just the given segments' lists (a faiss range search visits every list
