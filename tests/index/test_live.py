@@ -393,7 +393,7 @@ def test_a_query_scans_only_the_lists_nearest_it_and_never_a_removed_image(synth
     s.remove([f"item{i}" for i in range(0, 600, 7)])
     more_codes, more_features = random_vectors(30, seed=4)
     more = s.write([f"more{i}" for i in range(30)], ["a", "b", "c"] * 10, more_codes, more_features)  # deltas: scanned whole
-    found = s.index.search(project(features), features, shortlist=20)
+    found = s.index.search(project(features), features, shortlist=20, explain=True)
     explain = found.explain
     assert sum(part["lists_probed"] for part in explain) == pytest.approx(4 + 3)  # 4 of 18 split lists, and 3 deltas
     removed = ids[::7]
@@ -401,7 +401,7 @@ def test_a_query_scans_only_the_lists_nearest_it_and_never_a_removed_image(synth
     live = np.setdiff1d(np.arange(600), np.arange(0, 600, 7))
     assert (found.image_ids[live, 0] == ids[live]).mean() >= 0.95  # its own list is near it: 0.982 on this data
     assert (s.index.search(project(more_features), more_features, shortlist=5).image_ids[:, 0] == more).all()
-    in_a = s.index.search(project(features[:20]), features[:20], shortlist=20, partitions=["a"])
+    in_a = s.index.search(project(features[:20]), features[:20], shortlist=20, partitions=["a"], explain=True)
     assert set(in_a.partitions[in_a.image_ids >= 0]) == {"a"}
     assert [part["lists_probed"] for part in in_a.explain] == [pytest.approx(4 + 1)]  # 4 of its 6 lists, and its delta
 

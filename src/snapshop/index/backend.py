@@ -34,10 +34,11 @@ class IndexBackend(Protocol):
         """Searchable image count per partition (category), empty ones left out."""
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
-               partitions: Sequence[str] | None = None) -> Candidates:
+               partitions: Sequence[str] | None = None, *, explain: bool = False) -> Candidates:
         """The best `shortlist` images per query, best first: a shortlist by the codes (for the
         queries' float `projections` on the code's axes, through the code decoder: `Codec.query`),
-        re-ranked by float cosine with `features`."""
+        re-ranked by float cosine with `features`. With `explain`, candidates and timings per
+        partition (and shard) searched."""
 
     def refresh(self) -> bool:
         """Catch up with the change log; True when the codec was refit (the caller reloads)."""

@@ -253,8 +253,9 @@ class ShardReplica:
         self._segment_by_label = np.append(self.codes.scan.by_label, -1)
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
-               partitions: Sequence[str] | None, nprobe: int) -> ShardHits:
-        """The best `shortlist` codes over the searched partitions (one scan), re-ranked."""
+               partitions: Sequence[str] | None, nprobe: int, *, explain: bool = False) -> ShardHits:
+        """The best `shortlist` codes over the searched partitions (one scan), re-ranked; with
+        `explain`, what each partition held and gave, and the timings."""
         searched = np.array(sorted({self._numbers[name] for name in (self._numbers if partitions is None else partitions)
                                     if name in self._numbers}), np.int64)
         if not len(searched):
@@ -267,13 +268,15 @@ class ShardReplica:
         ids, cosines, segments = self._rerank(labels, features)
         rerank_ms = round((time.perf_counter() - start) * 1000, 3)
         owner = np.where(segments >= 0, self.codes.owner[segments], len(self._numbers))  # a pad's segment, -1, picks any
+        if not explain:
+            return ShardHits(ids, cosines, self._names[owner], [])
         per_partition = np.bincount(owner.ravel(), minlength=len(self._numbers) + 1) / max(len(owner), 1)
         probed = np.atleast_2d(probe)
         lists_probed = np.bincount(self.codes.list_owner[probed[probed >= 0]], minlength=len(self._numbers)) / len(probed)
-        explain = [{**self._explained[number], "candidates": int(per_partition[number]),
-                    "lists_probed": round(float(lists_probed[number]), 1), "ms": shortlist_ms, "rerank_ms": rerank_ms}
-                   for number in searched]
-        return ShardHits(ids, cosines, self._names[owner], explain)
+        report = [{**self._explained[number], "candidates": int(per_partition[number]),
+                   "lists_probed": round(float(lists_probed[number]), 1), "ms": shortlist_ms, "rerank_ms": rerank_ms}
+                  for number in searched]
+        return ShardHits(ids, cosines, self._names[owner], report)
 
     def _rerank(self, labels: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The shortlisted codes' image ids, float cosines with their query and segment numbers,
@@ -511,17 +514,19 @@ class LiveIndex:
                 for replicas in self.shards for _, state in sorted(replicas[0].states.items())]
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
-               partitions: Sequence[str] | None = None) -> Candidates:
-        """Every shard's best `shortlist` re-ranked candidates, merged; best first.
+               partitions: Sequence[str] | None = None, *, explain: bool = False) -> Candidates:
+        """Every shard's best `shortlist` re-ranked candidates, merged; best first (with
+        `explain`, each shard's report per partition).
 
         `projections` are the queries' float projections on the code's axes (N x bits: their
         signs are the queries' codes), `features` their float embeddings (N x dim)."""
         projections, features = checked_queries(self.params, projections, features)
         shards = self.shards  # one view for the whole query
         if self._pool is not None:
-            answers = list(self._pool.map(lambda s: self._ask_shard(s, projections, features, shortlist, partitions), shards))
+            answers = list(self._pool.map(lambda s: self._ask_shard(s, projections, features, shortlist, partitions,
+                                                                    explain), shards))
         else:
-            answers = [self._ask_shard(s, projections, features, shortlist, partitions) for s in shards]
+            answers = [self._ask_shard(s, projections, features, shortlist, partitions, explain) for s in shards]
         if not answers:
             empty = np.full((len(projections), 0), -1, np.int64)
             return Candidates(empty, empty.astype(np.float32), empty.astype(object))
@@ -534,14 +539,15 @@ class LiveIndex:
                           np.take_along_axis(names, order, 1), [entry for a in answers for entry in a.explain])
 
     def _ask_shard(self, replicas: list[ShardReplica], projections: np.ndarray, features: np.ndarray, shortlist: int,
-                   partitions: Sequence[str] | None) -> ShardHits:
+                   partitions: Sequence[str] | None, explain: bool) -> ShardHits:
         """The shard's answer from its replicas in turn; a failing replica hands over to the next."""
         first = next(self._turn[replicas[0].shard]) % len(replicas)
         failures = []
         for replica in replicas[first:] + replicas[:first]:
             try:
                 with _one_faiss_thread():
-                    return replica.search(projections, features, shortlist, partitions, self.params.lists_probed)
+                    return replica.search(projections, features, shortlist, partitions, self.params.lists_probed,
+                                          explain=explain)
             except Exception as exc:  # noqa: BLE001 - any replica fault is survivable while another answers
                 log.warning("shard %d: a replica failed (%s); asking another", replica.shard, exc)
                 failures.append(exc)

@@ -273,10 +273,10 @@ class MilvusIndex:
         return dict(self._partitions)
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
-               partitions: Sequence[str] | None = None) -> Candidates:
+               partitions: Sequence[str] | None = None, *, explain: bool = False) -> Candidates:
         """The Hamming shortlist of the queries' codes (the signs of `projections`, which shortlist
         better than the signs of the bare rotation: docs/benchmarks.md) from Milvus,
-        re-ranked by float cosine; best `shortlist` first.
+        re-ranked by float cosine; best `shortlist` first (with `explain`, a report per partition).
 
         Milvus is asked once for `shortlist` candidates per partition searched, at most 16384:
         its binary vectors are compared by Hamming distance only, which ranks worse than the
@@ -293,12 +293,14 @@ class MilvusIndex:
         hamming_ms = (time.perf_counter() - start) * 1000
         candidates = self._rerank(ids, features, shortlist)
         total_ms = round((time.perf_counter() - start) * 1000, 3)
+        if not explain:
+            return candidates
         found = candidates.image_ids >= 0
-        explain = [{"partition": name, "shard": 0, "base": f"milvus {self.collection.name}",
-                    "base_images": self._partitions[name], "delta_images": 0, "tombstones": 0,
-                    "candidates": int(((candidates.partitions == name) & found).sum() / len(codes)),
-                    "ms": total_ms, "hamming_ms": round(hamming_ms, 3)} for name in names]
-        return Candidates(candidates.image_ids, candidates.scores, candidates.partitions, explain)
+        report = [{"partition": name, "shard": 0, "base": f"milvus {self.collection.name}",
+                   "base_images": self._partitions[name], "delta_images": 0, "tombstones": 0,
+                   "candidates": int(((candidates.partitions == name) & found).sum() / len(codes)),
+                   "ms": total_ms, "hamming_ms": round(hamming_ms, 3)} for name in names]
+        return Candidates(candidates.image_ids, candidates.scores, candidates.partitions, report)
 
     def _shortlist(self, codes: np.ndarray, limit: int, names: list[str] | None) -> list[list[int]]:
         """Image ids of each query's `limit` nearest codes (Hamming) in these categories (None: all)."""

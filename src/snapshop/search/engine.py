@@ -855,7 +855,8 @@ class Engine:
             groups[tuple(names) if names is not None else None].append(row)
         shortlist = max(self.settings.shortlist, 4 * CURATION_POOL * k)
         for names, rows in groups.items():
-            candidates = self.index.search(projections[rows], features[rows], shortlist, list(names) if names else None)
+            candidates = self.index.search(projections[rows], features[rows], shortlist, list(names) if names else None,
+                                           explain=explain)
             for row, ids, scores in zip(rows, candidates.image_ids, candidates.scores):
                 found[ok[row]] = (ids, scores)
                 results[ok[row]].searched_categories = list(names) if names else self.categories
