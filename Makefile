@@ -1,6 +1,8 @@
 # make demo : install everything, build the demo catalog and index, run example searches
 # make test : install everything, run the test suite
 VENV ?= .venv
+# pytest-xdist workers for `make test`; each takes whole test modules (a module's fixtures are built once)
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test
 install:
@@ -10,4 +12,4 @@ demo: install
 	$(VENV)/bin/snapshop demo
 
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope

@@ -259,3 +259,22 @@ def backbone():
     from snapshop.models.backbone import Backbone, resolve_model
 
     return Backbone(resolve_model("efficientnet-lite0"), batch_size=8)
+
+
+# --- order -------------------------------------------------------------------------------------
+
+# Modules whose fixtures take minutes (the `--durations` list of a CI run), longest first. They
+# are collected first, so that `make test`'s two pytest-xdist workers start them at once and the
+# short modules fill in beside them, instead of both workers waiting on them at the end.
+LONGEST_FIRST = ("search/test_quality_network.py", "search/test_quality.py", "search/test_curation_quality.py",
+                 "index/test_durability.py", "models/test_category_net.py", "serve/test_cli_serve.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: number for number, name in enumerate(LONGEST_FIRST)}
+
+    def module_rank(item: pytest.Item) -> int:
+        path = Path(item.path).resolve()
+        return rank.get(path.relative_to(TESTS).as_posix(), len(rank)) if path.is_relative_to(TESTS) else len(rank)
+
+    items.sort(key=module_rank)  # stable: a module's tests stay together and in their order
