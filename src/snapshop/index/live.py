@@ -234,8 +234,11 @@ class ShardCodes:
     def _tombstoned(self, labels: np.ndarray) -> np.ndarray:
         """Whether each label is a tombstoned code's (only when some segment has tombstones;
         False for -1 pads)."""
-        segments, rows = self.scan.segments_and_rows(np.maximum(labels, 0))
-        return (labels >= 0) & self.dead[self.start[segments] + rows]
+        found = labels >= 0
+        segments, rows = self.scan.segments_and_rows(labels[found])
+        dead = np.zeros(labels.shape, bool)
+        dead[found] = self.dead[self.start[segments] + rows]
+        return dead
 
 
 class ShardReplica:
