@@ -1,7 +1,7 @@
 # make demo : install everything, build the demo catalog and index, run example searches
 # make test : install everything, run the test suite
 VENV ?= .venv
-# pytest-xdist workers for `make test`; each takes whole test modules (a module's fixtures are built once)
+# pytest-xdist workers for `make test`; each takes whole test modules (tests/conftest.py groups them)
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test
