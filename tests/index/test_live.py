@@ -395,6 +395,7 @@ def test_a_query_scans_only_the_lists_nearest_it_and_never_a_removed_image(synth
     more = s.write([f"more{i}" for i in range(30)], ["a", "b", "c"] * 10, more_codes, more_features)  # deltas: scanned whole
     found = s.index.search(project(features), features, shortlist=20, explain=True)
     explain = found.explain
+    assert s.index.search(project(features[:2]), features[:2], shortlist=20).explain == []  # a report only when asked
     assert sum(part["lists_probed"] for part in explain) == pytest.approx(4 + 3)  # 4 of 18 split lists, and 3 deltas
     removed = ids[::7]
     assert not np.isin(found.image_ids, removed).any()
