@@ -261,27 +261,11 @@ def backbone():
     return Backbone(resolve_model("efficientnet-lite0"), batch_size=8)
 
 
-# --- order and workers ---------------------------------------------------------------------------
+# --- xdist workers ---------------------------------------------------------------------------------
 
-# Modules whose fixtures take minutes (the `--durations` list of a CI run), longest first. They
-# are collected first, so that `make test`'s two pytest-xdist workers start them at once and the
-# short modules fill in beside them, instead of both workers waiting on them at the end.
-LONGEST_FIRST = ("search/test_quality_network.py", "search/test_quality.py", "search/test_curation_quality.py",
-                 "index/test_durability.py", "models/test_category_net.py", "serve/test_cli_serve.py")
 # Modules that must share a worker: two Milvus servers on one machine clash over the fixed
 # peer port of their embedded etcd (2380), and the second is skipped as "not healthy".
 SHARED_WORKER = {"cluster/test_milvus.py": "milvus server", "cluster/test_milvus_failure.py": "milvus server"}
-
-
-def _module(path: Path | str) -> str:
-    """A test module's path under tests/ ("index/test_live.py")."""
-    path = Path(path).resolve()
-    return path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else str(path)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: number for number, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_module(item.path), len(rank)))  # stable: a module's tests stay in order
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: `make test` runs `-n 2 --dist loadscope`
@@ -294,7 +278,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = _module(config.rootpath / nodeid.split("::", 1)[0])
+            path = (config.rootpath / nodeid.split("::", 1)[0]).resolve()
+            module = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else str(path)
             return SHARED_WORKER.get(module, module)
 
     return ByModule(config, log)
