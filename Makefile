@@ -1,7 +1,8 @@
 # make demo : install everything, build the demo catalog and index, run example searches
 # make test : install everything, run the test suite
 VENV ?= .venv
-# pytest-xdist workers for `make test`; each takes whole test modules (tests/conftest.py groups them)
+# pytest-xdist workers for `make test`; each takes whole test modules (tests/conftest.py keeps the two
+# Milvus modules on one)
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test
