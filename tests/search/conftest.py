@@ -12,14 +12,20 @@ from snapshop.catalog.manifest import read_catalog
 from snapshop.search.engine import Engine
 
 
-@pytest.fixture(scope="module")
-def fashion(tmp_path_factory):
-    """The catalog manifest and the SIMULATED queries' file."""
+@pytest.fixture(scope="session")
+def datasets():
+    """snapshop.datasets, with the Fashion-MNIST test images installed (else the test is skipped)."""
     datasets = pytest.importorskip("snapshop.datasets")
     try:
         datasets.load_fashion_mnist("test")
     except Exception as exc:  # the Debian package is installed by scripts/install.sh
         pytest.skip(f"Fashion-MNIST is not installed: {exc}")
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory, datasets):
+    """The catalog manifest and the SIMULATED queries' file."""
     root = tmp_path_factory.mktemp("quality")
     manifest = datasets.build_fashion_catalog(root / "catalog", n_items=300)
     queries = datasets.build_shopper_queries(root / "catalog", root / "queries", n_queries=80)

@@ -16,17 +16,11 @@ from snapshop.search.results import Query
 
 from snapshop.datasets.planted import LOW_QUALITY_KINDS, build_planted_catalog
 
-datasets = pytest.importorskip("snapshop.datasets")
 OFF = {"collapse_duplicates": False, "quality_weight": 0.0, "diversity": 0.0, "colour_weight": 0.0}
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory, make_settings):
-
-    try:
-        datasets.load_fashion_mnist("test")
-    except Exception as exc:  # the Debian package is installed by scripts/install.sh
-        pytest.skip(f"Fashion-MNIST is not installed: {exc}")
+def planted(tmp_path_factory, make_settings, datasets):
     root = tmp_path_factory.mktemp("planted")
     manifest, queries = build_planted_catalog(root / "catalog", n_items=160, n_queries=40)
     settings = make_settings(index=str(root / "index"))
