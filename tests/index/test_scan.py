@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from snapshop.index import scan
-from snapshop.index.scan import CodeList, CodeScan, sign_code_index
+from snapshop.index.scan import ROW_MASK, CodeList, CodeScan, sign_code_index
 
 SIZES = (1, 31, 33, 70, 0)  # around the 32-code block, and an empty list
+
+
+def segments_and_rows(scan: CodeScan, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The segment number and row of each label (garbage where a label is -1 or PAD)."""
+    found = np.searchsorted(scan.first_labels, labels, side="right") - 1
+    return scan.by_label[found.clip(0, len(scan.lists) - 1)], labels & ROW_MASK
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,7 @@ def test_one_scan_scores_as_a_flat_index_of_the_probed_lists(lists, probe):
     codes, scan, queries = lists
     probed = [number for number in probe if SIZES[number]]
     scores, labels = scan.top_k(queries, 40, np.array(probe))
-    found_lists, rows = scan.segments_and_rows(labels)
+    found_lists, rows = segments_and_rows(scan, labels)
     expected_count = min(40, sum(SIZES[number] for number in probe))
     assert scores.shape == (5, expected_count)
     if not probed:
@@ -77,7 +83,7 @@ def test_a_threshold_scan_returns_every_code_above_its_threshold(sampled, probe)
     flat = sign_code_index(np.concatenate([codes[number] for number in probe]))
     everything = flat.search(queries, flat.ntotal)[0]
     for query, ((scores, labels), all_scores) in enumerate(zip(answers, everything)):
-        lists, rows = code_scan.segments_and_rows(labels)
+        lists, rows = segments_and_rows(code_scan, labels)
         passed = len(scores)
         assert 30 * 0.5 < passed < 30 * 4  # aimed a little above 30 by the sample
         assert np.array_equal(np.sort(scores)[::-1], all_scores[:passed])  # the best ones, none above left out

@@ -169,10 +169,11 @@ class ShardCodes:
         self.list_owner = np.repeat(self.owner, [segment.codes.lists for segment in segments])
         self.rows = [segment.rows for segment in segments]
         self._segments_of = [np.flatnonzero(self.owner == number) for number in range(len(states))]
-        self.start = np.concatenate([[0], np.cumsum(self.scan.sizes)[:-1]]).astype(np.int64)
         self.dead = (np.concatenate([np.zeros(segment.codes.size, bool) if segment.dead is None else segment.dead
                                      for segment in segments])
                      if any(segment.dead is not None for segment in segments) else None)
+        start = np.concatenate([[0], np.cumsum(self.scan.sizes)[:-1]]).astype(np.int64)
+        self._dead_offset = start[self.scan.by_label] - self.scan.first_labels  # by label order, as first_labels
         self.dead_count = np.array([0 if segment.dead is None else int(segment.dead.sum()) for segment in segments],
                                    np.int64)
 
@@ -220,25 +221,25 @@ class ShardCodes:
         extra = int(np.ceil(2 * width * dead_share)) + 16 if dead_share else 0
         while True:
             _, labels = self.scan.top_k(projections, width + extra, probe)
-            alive = labels >= 0
+            live = labels >= 0
             if dead_share:
-                alive &= ~self._tombstoned(labels)
-            if labels.shape[1] >= total or (alive.sum(axis=1) >= width).all():
+                live &= ~self._tombstoned(labels)
+            if labels.shape[1] >= total or (live.sum(axis=1) >= width).all():
                 break
             extra *= 2
-        if not alive.all():
-            kept = np.argsort(~alive, axis=1, kind="stable")[:, :width]  # live ones first
-            labels, alive = np.take_along_axis(labels, kept, 1), np.take_along_axis(alive, kept, 1)
-        return np.where(alive, labels, PAD)[:, :width]
+        if live.all():
+            return labels[:, :width]
+        kept = np.full((len(labels), width), PAD, np.int64)
+        for query, (found, alive) in enumerate(zip(labels, live)):
+            best = found[alive][:width]  # best first
+            kept[query, : len(best)] = best
+        return kept
 
     def _tombstoned(self, labels: np.ndarray) -> np.ndarray:
         """Whether each label is a tombstoned code's (only when some segment has tombstones;
-        False for -1 pads)."""
-        found = labels >= 0
-        segments, rows = self.scan.segments_and_rows(labels[found])
-        dead = np.zeros(labels.shape, bool)
-        dead[found] = self.dead[self.start[segments] + rows]
-        return dead
+        garbage for -1 pads): a label plus its segment's offset is its place in `dead`."""
+        return self.dead.take(labels + self._dead_offset[np.searchsorted(self.scan.first_labels, labels, "right") - 1],
+                              mode="clip")
 
 
 class ShardReplica:

@@ -142,7 +142,7 @@ class CodeScan:
     search scans: the one list of each segment kept whole, and of the segments split into
     k-means lists, the `nprobe` (over them all) whose centroids score best with the query's
     float embedding. A search answers with labels: sorted, a query's labels group by segment
-    (segments in `by_label` order), rows ascending; `segments_and_rows` splits them."""
+    (segments in `by_label` order, each from its `first_labels` on), rows ascending."""
 
     def __init__(self, lists: Sequence[CodeList]) -> None:
         self.lists = list(lists)
@@ -254,11 +254,6 @@ class CodeScan:
     def probed_codes(self, probe: np.ndarray) -> np.ndarray:
         """Codes in the probed lists, per row of `probe`."""
         return self._padded_list_sizes[np.atleast_2d(probe)].sum(axis=1)
-
-    def segments_and_rows(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The segment number and row of each label (garbage where a label is -1 or PAD)."""
-        found = np.searchsorted(self.first_labels, labels, side="right") - 1
-        return self.by_label[found.clip(0, len(self.lists) - 1)], labels & ROW_MASK
 
     def above_threshold(self, projections: np.ndarray, count: int,
                         segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
