@@ -64,7 +64,7 @@ K = 10
 BATCH = 8  # queries searched at once, as the service batches those that arrive together
 ROUNDS = 3  # single-query passes over all queries per shortlist, each between two IndexFlatIP timings
 WRITE_CHUNK = 20_000
-SHORTLISTS = (400, 800, 1600, 2000, 2600, 3200)
+SHORTLISTS = (400, 800, 1600, 2000, 2300, 2600, 3200)
 HNSW_EF = (64, 128, 256, 512)
 
 

@@ -76,6 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nprobe", 16, "Inverted lists a Milvus search visits.", int, minimum=1),
     Setting("lists_probed", 500, "k-means lists the faiss backend scans per shard, nearest first (its nprobe).", int,
             minimum=1),
+    Setting("centroid_weight", 0.12, "Weight of a probed k-means list's centroid score (above the probed ones' mean) "
+            "added to its codes' scores in the faiss backend's shortlist; 0: codes alone.", float, minimum=0),
     Setting("list_size", 512, "Images per k-means list of a large base segment (faiss backend).", int, minimum=32),
     Setting("lists_from", 65_536, "Images from which a base segment is split into k-means lists; smaller ones are "
             "scanned whole.", int, minimum=1),

@@ -122,3 +122,47 @@ def test_a_range_index_keeps_what_it_scans_alive_when_dropped_from_its_cache():
     clutter = [np.ones(100_000) for _ in range(50)]  # reuse freed memory, if any was freed
     assert len(before) > 100 and len(clutter) == 50
     assert np.array_equal(np.sort(index.range_search(query, 0.0)[1]), before)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_probed_lists_prior_is_added_to_each_of_its_codes_scores(batched):
+    """A code's score is its sign-code score plus its list's prior, single queries and
+    batches alike; the best come first, so a high prior lifts a whole list up the ranking."""
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    list_of = rng.integers(0, 3, 300)
+    code_scan = CodeScan([CodeList(codes, list_of, np.zeros((3, 256), np.float32))])
+    queries = rng.standard_normal((2, 256)).astype(np.float32)
+    probe = np.array([[0, 1, 2], [2, 1, 0]])
+    priors = np.array([[40.0, 0.0, -40.0], [2.0, 1.0, 0.0]], np.float32)
+    if batched:
+        scores, labels = code_scan.top_k(queries, 300, probe, priors)
+    else:
+        answers = [code_scan.top_k(queries[q : q + 1], 300, probe[q : q + 1], priors[q : q + 1]) for q in range(2)]
+        scores, labels = (np.concatenate(parts) for parts in zip(*answers))
+    flat_scores, flat_rows = sign_code_index(codes).search(queries, 300)
+    for query in range(2):
+        own_score = dict(zip(flat_rows[query], flat_scores[query]))
+        prior_of_list = dict(zip(probe[query], priors[query]))
+        rows = labels[query] & ROW_MASK
+        expected = [own_score[row] + prior_of_list[list_of[row]] for row in rows]
+        assert np.allclose(scores[query], expected, atol=0.05)  # fast-scan's 8-bit tables: about 0.02
+        assert (np.diff(scores[query]) <= 1e-6).all()
+    first_hundred = list_of[labels[0, :100] & ROW_MASK]
+    assert (first_hundred == 0).mean() > 0.8  # list 0's prior of +40 lifts it over the others
+
+
+def test_the_probe_gives_each_list_its_centroid_score_above_the_probed_ones_mean_as_its_prior():
+    rng = np.random.default_rng(5)
+    centroids = np.eye(4, 256, dtype=np.float32)  # scores with a query: its first four entries
+    split = CodeList(rng.integers(0, 256, (80, 32), dtype=np.uint8), np.arange(80) % 4, centroids)
+    whole = CodeList(rng.integers(0, 256, (10, 32), dtype=np.uint8))
+    code_scan = CodeScan([whole, split])
+    features = np.zeros((2, 256), np.float32)
+    features[0, :4] = [0.1, 0.9, 0.5, 0.3]
+    features[1, :4] = [0.8, 0.0, 0.2, 0.6]
+    probe, priors = code_scan.probe(features, np.array([0, 1]), 2, centroid_weight=0.5)
+    assert probe.tolist() == [[0, 2, 3], [0, 1, 4]]  # the whole list, then the two best centroids' (after it)
+    assert np.allclose(priors, [[0, 0.5 * 0.2, -0.5 * 0.2], [0, 0.5 * 0.1, -0.5 * 0.1]])
+    every_list, no_priors = code_scan.probe(features, np.array([0, 1]), 4, centroid_weight=0.5)
+    assert every_list.tolist() == [0, 1, 2, 3, 4] and no_priors is None  # all probed: one row, no priors

@@ -77,6 +77,7 @@ class IndexParams:
     replicas: int = 1
     nprobe: int = 16  # inverted lists a Milvus search visits
     lists_probed: int = 500  # k-means lists a search scans per shard (every delta and small base whole)
+    centroid_weight: float = 0.12  # of a probed list's centroid score, added to its codes' (index/scan.py)
     list_size: int = 512  # images per k-means list of a large base segment ...
     lists_from: int = 65_536  # ... of this many images or more
     compact_delta: int = 10_000
@@ -178,13 +179,15 @@ class ShardCodes:
                                    np.int64)
 
     def shortlist(self, projections: np.ndarray, features: np.ndarray, shortlist: int, partitions: np.ndarray,
-                  nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+                  nprobe: int, centroid_weight: float) -> tuple[np.ndarray, np.ndarray]:
         """Per query (its projection and float embedding), the labels of the best `shortlist` live
         codes of the given partitions, sorted (grouped by segment, PAD last; see CodeScan); and
         the lists it probed.
 
         Segments split into k-means lists are scanned in the `nprobe` lists whose centroids
-        score best with the query's embedding, the others whole. Where every list is scanned, a
+        score best with the query's embedding, the others whole; a code in a probed list scores
+        `centroid_weight` times its centroid's score above the probed ones' mean more (a
+        second, independent estimate of its cosine: see docs/index.md). Where every list is scanned, a
         threshold scan answers where it pays and passes enough live codes. Else a top-k scan
         (over a few hundred lists scattered in memory, faster than a threshold scan: 1M images,
         490 of 1,953 lists, shortlist 3,000: 1.8 ms, against 1.9 ms and 0.4 ms for the sample's
@@ -193,7 +196,7 @@ class ShardCodes:
         asks again for a query left short."""
         segments = (np.concatenate([self._segments_of[number] for number in partitions])
                     if len(partitions) else np.zeros(0, np.int64))
-        probe = self.scan.probe(features, segments, nprobe)
+        probe, priors = self.scan.probe(features, segments, nprobe, centroid_weight)
         dead_share = int(self.dead_count[segments].sum()) / max(int(self.scan.sizes[segments].sum()), 1)
         total = int(self.scan.probed_codes(probe).max(initial=0))
         width = min(shortlist, total)
@@ -208,19 +211,18 @@ class ShardCodes:
                 best = np.argpartition(-scores, width - 1)[:width] if len(scores) > width else slice(None)
                 labels[query], left[query] = found[best], False
         if left.all():
-            labels = self._top_k(projections, width, probe, total, dead_share)
-        elif left.any():
-            labels[left] = self._top_k(projections[left], width, probe if probe.ndim == 1 else probe[left],
-                                       total, dead_share)
+            labels = self._top_k(projections, width, probe, priors, total, dead_share)
+        elif left.any():  # only where every list is probed: no priors
+            labels[left] = self._top_k(projections[left], width, probe, None, total, dead_share)
         labels.sort(axis=1)
         return labels, probe
 
-    def _top_k(self, projections: np.ndarray, width: int, probe: np.ndarray, total: int,
-               dead_share: float) -> np.ndarray:
+    def _top_k(self, projections: np.ndarray, width: int, probe: np.ndarray, priors: np.ndarray | None,
+               total: int, dead_share: float) -> np.ndarray:
         """The labels of the top-k scan's best `width` live codes per query (PAD pads)."""
         extra = int(np.ceil(2 * width * dead_share)) + 16 if dead_share else 0
         while True:
-            _, labels = self.scan.top_k(projections, width + extra, probe)
+            _, labels = self.scan.top_k(projections, width + extra, probe, priors)
             live = labels >= 0
             if dead_share:
                 live &= ~self._tombstoned(labels)
@@ -257,7 +259,8 @@ class ShardReplica:
         self._segment_by_label = np.append(self.codes.scan.by_label, -1)
 
     def search(self, projections: np.ndarray, features: np.ndarray, shortlist: int,
-               partitions: Sequence[str] | None, nprobe: int, *, explain: bool = False) -> ShardHits:
+               partitions: Sequence[str] | None, nprobe: int, centroid_weight: float = 0.0, *,
+               explain: bool = False) -> ShardHits:
         """The best `shortlist` codes over the searched partitions (one scan), re-ranked; with
         `explain`, what each partition held and gave, and the timings."""
         searched = np.array(sorted({self._numbers[name] for name in (self._numbers if partitions is None else partitions)
@@ -266,7 +269,7 @@ class ShardReplica:
             empty = np.full((len(projections), 0), -1, np.int64)
             return ShardHits(empty, empty.astype(np.float32), empty.astype(object), [])
         start = time.perf_counter()
-        labels, probe = self.codes.shortlist(projections, features, shortlist, searched, nprobe)
+        labels, probe = self.codes.shortlist(projections, features, shortlist, searched, nprobe, centroid_weight)
         shortlist_ms = round((time.perf_counter() - start) * 1000, 3)
         start = time.perf_counter()
         ids, cosines, segments = self._rerank(labels, features)
@@ -551,7 +554,7 @@ class LiveIndex:
             try:
                 with _one_faiss_thread():
                     return replica.search(projections, features, shortlist, partitions, self.params.lists_probed,
-                                          explain=explain)
+                                          self.params.centroid_weight, explain=explain)
             except Exception as exc:  # noqa: BLE001 - any replica fault is survivable while another answers
                 log.warning("shard %d: a replica failed (%s); asking another", replica.shard, exc)
                 failures.append(exc)

@@ -155,8 +155,8 @@ class CodeScan:
         self.by_label = np.argsort(tags)  # segment numbers in the order of their labels
         self.first_labels = tags[self.by_label] << TAG_SHIFT  # and the smallest label each can have
         if self.lists:
-            self._index = _stacked(self.lists)
-            self._single_query_index = _in_probe_order(self._index)
+            self._index = _with_priors(_stacked(self.lists))
+            self._single_query_index = _with_priors(_in_probe_order(self._index))
         self.split = np.array([code_list.centroids is not None for code_list in self.lists], bool)
         split_counts = np.where(self.split, counts, 0)
         self._first_centroid = np.cumsum(split_counts) - split_counts  # a split segment's first row of _centroids
@@ -179,27 +179,35 @@ class CodeScan:
         return np.concatenate([np.arange(self.first[number], self.first[number] + self.lists[number].lists)
                                for number in segments])
 
-    def probe(self, features: np.ndarray, segments: np.ndarray, nprobe: int) -> np.ndarray:
+    def probe(self, features: np.ndarray, segments: np.ndarray, nprobe: int,
+              centroid_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
         """The lists to scan of the given segments, for queries with these float embeddings: one
         row for every query where that is all their lists, else a row per query (see the
-        class's docstring)."""
+        class's docstring); and, with the latter, each list's prior (see `top_k`): its
+        centroid's score above the mean of the probed centroids', times `centroid_weight` (0
+        for a list scanned whole)."""
         whole, split, ranges = self._probe_plan(segments)
         if len(split) <= nprobe:
-            return np.concatenate([whole, split])
-        nearest = split[self._nearest_centroids(features, nprobe, ranges)]
+            return np.concatenate([whole, split]), None
+        nearest, scores = self._nearest_centroids(features, nprobe, ranges)
+        priors = centroid_weight * (scores - scores.mean(axis=1, keepdims=True))
         if not len(whole):
-            return nearest
-        return np.concatenate([np.broadcast_to(whole, (len(features), len(whole))), nearest], axis=1)
+            return split[nearest], priors
+        shape = (len(features), len(whole))
+        return (np.concatenate([np.broadcast_to(whole, shape), split[nearest]], axis=1),
+                np.concatenate([np.zeros(shape, np.float32), priors], axis=1))
 
-    def _nearest_centroids(self, features: np.ndarray, nprobe: int, ranges: list[tuple[int, int]]) -> np.ndarray:
+    def _nearest_centroids(self, features: np.ndarray, nprobe: int,
+                           ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         """Per query, the `nprobe` best scoring with its embedding of the centroids in `ranges`
-        (start, stop), nearest first, as positions in the ranges taken in turn. faiss scores them
+        (start, stop), nearest first, as positions in the ranges taken in turn; and their scores. faiss scores them
         on the caller's one thread (numpy's BLAS woke a second thread on every query, and with a
         compaction beside it on two cores, queries stalled 30-40 ms), only those of the searched
         segments; numpy picks the best (0.07 ms a query at 1M, against 0.13 ms for a faiss flat
         index's own top-k)."""
         scores = np.empty(sum(stop - start for start, stop in ranges), np.float32)
         nearest = np.empty((len(features), nprobe), np.int64)
+        nearest_scores = np.empty((len(features), nprobe), np.float32)
         for query, feature in enumerate(np.ascontiguousarray(features, np.float32)):
             at = 0
             for start, stop in ranges:
@@ -207,8 +215,9 @@ class CodeScan:
                                              faiss.swig_ptr(self._centroids[start:]), self._centroids.shape[1], stop - start)
                 at += stop - start
             best = np.argpartition(-scores, nprobe - 1)[:nprobe]
-            nearest[query] = best[np.argsort(-scores[best])]
-        return nearest
+            nearest[query] = best = best[np.argsort(-scores[best])]
+            nearest_scores[query] = scores[best]
+        return nearest, nearest_scores
 
     def _probe_plan(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """The lists of the given segments scanned whole, those of the split ones, and where the
@@ -230,16 +239,19 @@ class CodeScan:
                                              ranges)
         return plan
 
-    def top_k(self, projections: np.ndarray, count: int, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, projections: np.ndarray, count: int, probe: np.ndarray,
+              priors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """faiss's scan of the probed lists (as `probe` gives them, -1 pads): the best `count`
-        codes per query, best first, as scores and labels (-1 pads: fewer codes were probed)."""
+        codes per query, best first, as scores and labels (-1 pads: fewer codes were probed).
+        A list's prior (`priors`, as `probe`) is added to the score of each of its codes."""
         queries = len(projections)
         count = min(count, int(self.probed_codes(probe).max(initial=0)))
         if count <= 0:
             return np.zeros((queries, 0), np.float32), np.zeros((queries, 0), np.int64)
         assign = np.ascontiguousarray(np.broadcast_to(probe, (queries, probe.shape[-1])), np.int64)
         projections = np.ascontiguousarray(projections, np.float32)  # named: faiss gets raw pointers
-        unused_distances = np.empty(assign.shape, np.float32)
+        priors = (np.zeros(assign.shape, np.float32) if priors is None
+                  else np.ascontiguousarray(np.broadcast_to(priors, assign.shape), np.float32))
         scores = np.empty((queries, count), np.float32)
         labels = np.empty((queries, count), np.int64)
         width = self._search_widths.get(assign.shape[1])  # faiss reads rows of its nprobe keys
@@ -247,7 +259,7 @@ class CodeScan:
             width = self._search_widths[assign.shape[1]] = faiss.SearchParametersIVF(nprobe=assign.shape[1])
         index = self._single_query_index if queries == 1 else self._index
         index.search_preassigned_c(queries, faiss.swig_ptr(projections), count, faiss.swig_ptr(assign),
-                                   faiss.swig_ptr(unused_distances), faiss.swig_ptr(scores), faiss.swig_ptr(labels),
+                                   faiss.swig_ptr(priors), faiss.swig_ptr(scores), faiss.swig_ptr(labels),
                                    False, width)
         return scores, labels
 
@@ -283,9 +295,7 @@ class CodeScan:
 
     def _range_index(self, segments: np.ndarray) -> faiss.IndexIVFPQFastScan:
         """An index over just the given segments' lists (a faiss range search visits every list
-        of its index), kept for the next query that searches them."""
-        if len(segments) == len(self.lists):
-            return self._index
+        of its index; and adds no priors), kept for the next query that searches them."""
         key = segments.tobytes()
         index = self._range_indexes.get(key)
         if index is None:
@@ -308,6 +318,14 @@ def _stacked(lists: Sequence[CodeList]) -> faiss.IndexIVFPQFastScan:
     index.ntotal = sum(code_list.size for code_list in lists)
     index.nprobe = index.nlist
     index.referenced_objects = [*getattr(index, "referenced_objects", []), stack, pointers, list(lists)]  # and its quantizer
+    return index
+
+
+def _with_priors(index: faiss.IndexIVFPQFastScan) -> faiss.IndexIVFPQFastScan:
+    """The index, adding each probed list's "coarse distance" to its codes' scores: faiss's
+    inner-product fast-scan does so for an index "by residual"; the codes are still the
+    images' own (the lists are filled by the packer, never encoded as residuals)."""
+    index.by_residual = True
     return index
 
 
