@@ -186,9 +186,9 @@ class ShardCodes:
 
         Segments split into k-means lists are scanned in the `nprobe` lists whose centroids
         score best with the query's embedding, the others whole; a code in a probed list scores
-        `centroid_weight` times its centroid's score above the probed ones' mean more (a
-        second, independent estimate of its cosine: see docs/index.md). Where every list is scanned, a
-        threshold scan answers where it pays and passes enough live codes. Else a top-k scan
+        `centroid_weight` times its centroid's score above the probed ones' mean more (a second,
+        partly independent estimate of its cosine: see docs/index.md). Where every list is
+        scanned, a threshold scan answers where it pays and passes enough live codes. Else a top-k scan
         (over a few hundred lists scattered in memory, faster than a threshold scan: 1M images,
         490 of 1,953 lists, shortlist 3,000: 1.8 ms, against 1.9 ms and 0.4 ms for the sample's
         threshold) fetches as many more than the shortlist as the tombstones' share of the

@@ -200,8 +200,8 @@ class CodeScan:
     def _nearest_centroids(self, features: np.ndarray, nprobe: int,
                            ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         """Per query, the `nprobe` best scoring with its embedding of the centroids in `ranges`
-        (start, stop), nearest first, as positions in the ranges taken in turn; and their scores. faiss scores them
-        on the caller's one thread (numpy's BLAS woke a second thread on every query, and with a
+        (start, stop), nearest first, as positions in the ranges taken in turn; and their
+        scores. faiss scores them on the caller's one thread (numpy's BLAS woke a second thread on every query, and with a
         compaction beside it on two cores, queries stalled 30-40 ms), only those of the searched
         segments; numpy picks the best (0.07 ms a query at 1M, against 0.13 ms for a faiss flat
         index's own top-k)."""
